@@ -1,0 +1,432 @@
+"""Aggregation rules of K-async SGD and WKAFL, one tiny factory per step of the spec.
+
+Implements section 3 of the AKAFL-RJ spec of record (``specs/akafl-rj.md``): the WKAFL rules of
+Zhou et al., "Towards efficient and stable K-asynchronous federated learning with unbounded stale
+gradients on non-IID data" (IEEE TPDS 2022, arXiv 2203.01214), as used by AKAFL-RJ Algorithm 1
+lines 13-28, and the plain average of K-async SGD (Dutta et al., AISTATS 2018).
+
+Each factory returns a :class:`~rayfl.aggregation.base.Rule` ``(init, update)`` with explicit state
+(:class:`EmptyState` for all rules here: everything an iteration needs, including ``g_{t-1}``,
+travels in the :class:`~rayfl.aggregation.base.Step`). Rules compose with ``chain``; WKAFL is a
+recipe (``recipes.py``), not a class. Shapes: ``updates`` (K, P) float32, ``weights`` (K,) float64
+summing to 1, ``estimate``/``direction`` (P,) float32. No rule mutates its input arrays.
+
+Example::
+
+    rule = chain(staleness_weights(), estimate(), similarity_select(), weighted_sum(),
+                 staleness_lr())
+    step, state = rule.update(start_step(t, updates, tau, losses, lr=0.005), rule.init())
+    w_next = w - step.lr * final_direction(step)
+
+Note: adaptive K (spec section 4), remodel (section 5) and judgement (section 6), the AKAFL
+additions, are *control rules*: they act on the server loop (change K for the next iteration,
+resend the model to stale clients, keep the previous model) rather than on the K updates of one
+iteration, so they live in the server's control hook, not in this chain.
+
+Configs pick rules by name from :data:`RULES`; :func:`build_rules` turns the ``aggregation.rules``
+mapping of a preset into one chained rule and reports bad names or parameters as
+:class:`~rayfl.errors.ConfigError` naming ``aggregation.rules.<rule>.<param>``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import math
+import numbers
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple, NoReturn
+
+import numpy as np
+
+from rayfl.aggregation.base import Rule, Step, chain
+from rayfl.errors import ConfigError
+
+LR_FORMS = ("inverse", "power")
+
+
+class EmptyState(NamedTuple):
+    """The state of a rule that keeps none between iterations."""
+
+
+# --- helpers -------------------------------------------------------------------------------------
+
+
+def clip_by_norm(updates: np.ndarray, max_norm: float) -> np.ndarray:
+    """Row-wise clip(x, c) = x * c / ||x|| if ||x|| > c, else x (spec 3.2 and 3.7).
+
+    Args:
+        updates: (K, P) array; not modified.
+        max_norm: c >= 0, the largest Euclidean norm a row may keep.
+
+    Returns:
+        (K, P) float32. Norms are computed in float64; after the cast to float32 a clipped row's
+        norm is c up to float32 rounding (relative 1e-6).
+
+    >>> clip_by_norm(np.array([[6.0, 8.0], [1.0, 0.0]], np.float32), 5.0).tolist()
+    [[3.0, 4.0], [1.0, 0.0]]
+    """
+    x = np.asarray(updates, dtype=np.float32)
+    norms = np.sqrt(
+        np.einsum("ij,ij->i", x, x).astype(np.float64)
+    )  # (K,); BLAS-speed, float32 sums
+    over = norms > max_norm
+    if not over.any():
+        return x if x is not updates else x.copy()
+    scale = np.ones_like(norms)
+    scale[over] = max_norm / norms[over]
+    return x * scale.astype(np.float32)[:, None]
+
+
+def _weighted_sum(weights: np.ndarray, updates: np.ndarray) -> np.ndarray:
+    """sum_i weights_i * updates_i as (P,) float32 (one BLAS gemv; the (K, P) block is not copied)."""
+    return np.asarray(weights, dtype=np.float32) @ np.asarray(updates, dtype=np.float32)
+
+
+def _estimate_of(step: Step) -> np.ndarray:
+    """g_est: ``step.estimate`` if a rule set it, else the weighted sum with the current weights."""
+    if step.estimate is not None:
+        return step.estimate
+    return _weighted_sum(step.weights, step.updates)
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+
+
+def _fail(rule: str, param: str, value: Any, problem: str, fix: str) -> NoReturn:
+    raise ConfigError(f"aggregation.rules.{rule}.{param}={value!r} {problem}: {fix}")
+
+
+def _real(
+    rule: str,
+    param: str,
+    value: Any,
+    *,
+    fix: str,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+) -> float:
+    """Checks a real parameter (an int is fine, a bool is not) lies in [low, high] (or (low, high])."""
+    if not _is_real(value):
+        _fail(rule, param, value, f"must be a number, got {type(value).__name__}", fix)
+    v = float(value)
+    if not math.isfinite(v):
+        _fail(rule, param, value, "must be finite", fix)
+    if low is not None and (v <= low if low_open else v < low):
+        _fail(rule, param, value, f"must be {'>' if low_open else '>='} {low:g}", fix)
+    if high is not None and v > high:
+        _fail(rule, param, value, f"must be <= {high:g}", fix)
+    return v
+
+
+def _int(rule: str, param: str, value: Any, *, fix: str, low: int) -> int:
+    if not _is_int(value):
+        _fail(rule, param, value, f"must be an integer, got {type(value).__name__}", fix)
+    if value < low:
+        _fail(rule, param, value, f"must be >= {low}", fix)
+    return int(value)
+
+
+def _stateless(update: Callable[[Step], Step]) -> Rule:
+    """Wraps a pure ``Step -> Step`` function as a Rule with :class:`EmptyState`."""
+
+    def update_rule(step: Step, state: EmptyState) -> tuple[Step, EmptyState]:
+        return update(step), state
+
+    return Rule(EmptyState, update_rule)
+
+
+# --- the rules, in the order of spec section 3 ---------------------------------------------------
+
+
+def mean() -> Rule:
+    """Uniform weights 1/K: the plain average of K-async SGD (Dutta et al. 2018; spec section 1).
+
+    Sets ``weights``. State: :class:`EmptyState`.
+    """
+
+    def update(step: Step) -> Step:
+        k = step.updates.shape[0]
+        return dataclasses.replace(step, weights=np.full(k, 1.0 / k))
+
+    return _stateless(update)
+
+
+def momentum_clip(alpha: float = 0.1, c1: float = 100.0) -> Rule:
+    """Momentum and clip (spec 3.2): g_i <- clip(g_i + alpha * g_{t-1}, C1).
+
+    g_{t-1} is ``step.previous_direction``; at t = 0 (None) the momentum term is skipped, which is
+    the spec's g_{t-1} = 0. Replaces ``updates``. State: :class:`EmptyState`.
+
+    Args:
+        alpha: momentum coefficient, >= 0.
+        c1: clip norm C1, > 0.
+    """
+    alpha = _real("momentum_clip", "alpha", alpha, low=0.0, fix="use a momentum >= 0, e.g. 0.1")
+    c1 = _real("momentum_clip", "c1", c1, low=0.0, low_open=True, fix="use a norm > 0, e.g. 100")
+
+    def update(step: Step) -> Step:
+        g = np.asarray(step.updates, dtype=np.float32)  # (K, P)
+        if step.previous_direction is not None and alpha != 0.0:
+            g = (
+                g
+                + np.float32(alpha) * np.asarray(step.previous_direction, dtype=np.float32)[None, :]
+            )
+        return dataclasses.replace(step, updates=clip_by_norm(g, c1))
+
+    return _stateless(update)
+
+
+def staleness_weights(lam: float = 1.0 - math.log(2.0)) -> Rule:
+    """Staleness weights (spec 3.3): s_i = exp(-lam * tau_i) / sum_j exp(-lam * tau_j).
+
+    With the default lam = 1 - ln 2, s_i is proportional to (e/2)^(-tau_i). Computed as a stable
+    softmax (the largest exponent is subtracted first), so huge staleness cannot overflow or give
+    0/0. Sets ``weights`` (replacing any earlier ones) and records ``agg/max_weight`` = max_i s_i,
+    how much the freshest update dominates g_est (paper Fig. 9). State: :class:`EmptyState`.
+
+    Args:
+        lam: decay per iteration of staleness, >= 0 (0 gives uniform weights).
+    """
+    lam = _real("staleness_weights", "lam", lam, low=0.0, fix="use a decay >= 0, e.g. 0.307")
+
+    def update(step: Step) -> Step:
+        z = -lam * np.asarray(step.staleness, dtype=np.float64)  # (K,)
+        e = np.exp(z - z.max())
+        s = e / e.sum()
+        return dataclasses.replace(step, weights=s).with_metrics(
+            **{"agg/max_weight": float(s.max())}
+        )
+
+    return _stateless(update)
+
+
+def estimate() -> Rule:
+    """Estimated gradient (spec 3.4): g_est = sum_i weights_i * g_i.
+
+    Run it right after ``staleness_weights`` so that g_est uses s_i. Sets ``estimate`` (P,)
+    float32. State: :class:`EmptyState`.
+    """
+
+    def update(step: Step) -> Step:
+        return dataclasses.replace(step, estimate=_weighted_sum(step.weights, step.updates))
+
+    return _stateless(update)
+
+
+def similarity_select(c_min: float = 0.3, beta: float = 10.0) -> Rule:
+    """Similarity selection and reweighting (spec 3.5-3.6).
+
+    c_i = cos(g_i, g_est) (0 when g_i or g_est is the zero vector); S = {i : c_i >= c_min and
+    weights_i > 0} (a client whose weight is already 0 contributes nothing, so it is not counted as
+    selected; with staleness weights every s_i > 0 and S is the spec's set). If S is empty the
+    weights stay as they are, so that ``weighted_sum`` gives g_t = g_est (unless ``stage_two_clip``
+    clips an update in between). Otherwise p_i = exp(beta * c_i) * weights_i / Z over S, 0
+    outside, computed stably (the largest beta * c_i over S is subtracted first).
+
+    Uses ``step.estimate``; if no rule set it, g_est is computed from the current weights and
+    stored. Sets ``weights`` and records ``agg/selected`` = |S| (0 when empty) and
+    ``agg/similarity_mean`` = mean_i c_i over all K. State: :class:`EmptyState`.
+
+    Args:
+        c_min: least cosine similarity to be selected, in [-1, 1].
+        beta: sharpness of the similarity reweighting, >= 0.
+    """
+    c_min = _real(
+        "similarity_select",
+        "c_min",
+        c_min,
+        low=-1.0,
+        high=1.0,
+        fix="use a cosine in [-1, 1], e.g. 0.3",
+    )
+    beta = _real("similarity_select", "beta", beta, low=0.0, fix="use a sharpness >= 0, e.g. 10")
+
+    def update(step: Step) -> Step:
+        g_est = _estimate_of(step)
+        g = np.asarray(step.updates, dtype=np.float32)  # (K, P)
+        est = np.asarray(g_est, dtype=np.float32)  # (P,)
+        norms = np.sqrt(np.einsum("ij,ij->i", g, g).astype(np.float64))  # (K,)
+        denom = norms * float(np.sqrt(np.dot(est, est)))  # (K,)
+        dots = (g @ est).astype(np.float64)
+        cos = np.zeros_like(denom)
+        np.divide(dots, denom, out=cos, where=denom > 0)
+        cos = np.clip(cos, -1.0, 1.0)
+
+        w = np.asarray(step.weights, dtype=np.float64)
+        selected = (cos >= c_min) & (w > 0)
+        if selected.any():
+            logits = beta * cos
+            p = np.where(selected, np.exp(logits - logits[selected].max()) * w, 0.0)
+            w = p / p.sum()
+        return dataclasses.replace(step, weights=w, estimate=g_est).with_metrics(
+            **{"agg/selected": float(selected.sum()), "agg/similarity_mean": float(cos.mean())}
+        )
+
+    return _stateless(update)
+
+
+def stage_two_clip(c2: float = 10.0, t2: int = 1000) -> Rule:
+    """Stage-two clip (spec 3.7): from iteration t2 on, g_i <- clip(g_i, C2 * ||g_est||).
+
+    The bound uses the norm of the real estimate g_est (``step.estimate``, or computed from the
+    current weights and stored if no rule set it); the public WKAFL code computes it from a zeroed
+    buffer, which we do not copy. Before t2 the rule is the identity. Replaces ``updates``.
+    State: :class:`EmptyState`.
+
+    Args:
+        c2: multiple of ||g_est|| an update may reach, > 0.
+        t2: first iteration of stage two, >= 0.
+    """
+    c2 = _real("stage_two_clip", "c2", c2, low=0.0, low_open=True, fix="use a factor > 0, e.g. 10")
+    t2 = _int("stage_two_clip", "t2", t2, low=0, fix="use an iteration >= 0, e.g. 1000")
+
+    def update(step: Step) -> Step:
+        if step.iteration < t2:
+            return step
+        g_est = _estimate_of(step)
+        est = np.asarray(g_est, dtype=np.float32)
+        bound = c2 * float(np.sqrt(np.dot(est, est)))
+        return dataclasses.replace(step, updates=clip_by_norm(step.updates, bound), estimate=g_est)
+
+    return _stateless(update)
+
+
+def weighted_sum() -> Rule:
+    """The aggregate (spec 3.8): g_t = sum_i weights_i * g_i (p_i over S for WKAFL).
+
+    Sets ``direction`` (P,) float32, accumulated in float64. State: :class:`EmptyState`.
+    """
+
+    def update(step: Step) -> Step:
+        return dataclasses.replace(step, direction=_weighted_sum(step.weights, step.updates))
+
+    return _stateless(update)
+
+
+def staleness_lr(gamma: float = 0.1, form: str = "inverse") -> Rule:
+    """Staleness-aware learning rate (spec 3.9), tau_min = min_i tau_i, eta = ``step.lr``.
+
+    - ``"inverse"`` (default): eta_t = eta / (1 + gamma * tau_min).
+    - ``"power"`` (the paper's eta * tau_min^(-gamma)): eta_t = eta * max(tau_min, 1)^(-gamma);
+      the max(., 1) guard keeps eta_t = eta when the freshest update has tau_min = 0, where
+      0^(-gamma) would be infinite.
+
+    Sets ``lr`` and records ``agg/lr``. Put exactly one lr rule at the end of a chain: ``step.lr``
+    is the base rate only until an lr rule has run. State: :class:`EmptyState`.
+
+    Args:
+        gamma: decay exponent/rate, >= 0.
+        form: ``"inverse"`` or ``"power"``.
+    """
+    gamma = _real("staleness_lr", "gamma", gamma, low=0.0, fix="use a rate >= 0, e.g. 0.1")
+    if form not in LR_FORMS:
+        _fail(
+            "staleness_lr", "form", form, "is not a known form", f"use one of {', '.join(LR_FORMS)}"
+        )
+
+    def update(step: Step) -> Step:
+        tau_min = float(np.min(step.staleness))
+        if form == "inverse":
+            lr = step.lr / (1.0 + gamma * tau_min)
+        else:
+            lr = step.lr * max(tau_min, 1.0) ** (-gamma)
+        return dataclasses.replace(step, lr=float(lr)).with_metrics(**{"agg/lr": float(lr)})
+
+    return _stateless(update)
+
+
+def constant_lr() -> Rule:
+    """Fixed learning rate (K-async SGD): eta_t = eta. Leaves ``lr`` and records ``agg/lr``.
+
+    Exists so that every recipe ends with exactly one lr rule and records ``agg/lr``.
+    State: :class:`EmptyState`.
+    """
+
+    def update(step: Step) -> Step:
+        return step.with_metrics(**{"agg/lr": float(step.lr)})
+
+    return _stateless(update)
+
+
+# --- registry for configs ------------------------------------------------------------------------
+
+RULES: dict[str, Callable[..., Rule]] = {
+    "mean": mean,
+    "momentum_clip": momentum_clip,
+    "staleness_weights": staleness_weights,
+    "estimate": estimate,
+    "similarity_select": similarity_select,
+    "stage_two_clip": stage_two_clip,
+    "weighted_sum": weighted_sum,
+    "staleness_lr": staleness_lr,
+    "constant_lr": constant_lr,
+}
+
+
+def _check_type(rule: str, param: str, value: Any, annotation: Any) -> None:
+    """Checks ``value`` against a factory's annotation: float takes int too; bool is no number."""
+    default_fix = "fix the type in the preset or drop the key to use the default"
+    if annotation is float and not _is_real(value):
+        _fail(rule, param, value, f"must be a number, got {type(value).__name__}", default_fix)
+    if annotation is int and not _is_int(value):
+        _fail(rule, param, value, f"must be an integer, got {type(value).__name__}", default_fix)
+    if annotation is str and not isinstance(value, str):
+        _fail(rule, param, value, f"must be a string, got {type(value).__name__}", default_fix)
+
+
+def build_rules(spec: Mapping[str, Mapping[str, Any] | None]) -> Rule:
+    """Chains the rules of a preset's ``aggregation.rules`` mapping, in mapping order.
+
+    Args:
+        spec: rule name -> keyword parameters of its factory (None or {} for the defaults).
+
+    Returns:
+        One :class:`Rule`, the ``chain`` of the named rules.
+
+    Raises:
+        ConfigError: an empty or non-mapping spec, an unknown rule name, or an unknown, mistyped
+            or out-of-range parameter; the message names ``aggregation.rules.<rule>.<param>``.
+
+    >>> rule = build_rules({"mean": None, "weighted_sum": {}, "constant_lr": {}})
+    """
+    if not isinstance(spec, Mapping):
+        raise ConfigError(
+            f"aggregation.rules must be a mapping of rule name to parameters, got "
+            f"{type(spec).__name__}: write e.g. `rules: {{mean: {{}}, weighted_sum: {{}}}}`"
+        )
+    if not spec:
+        raise ConfigError(
+            "aggregation.rules is empty: list the rules to chain, e.g. a recipe such as kasync"
+        )
+    rules = []
+    for name, params in spec.items():
+        factory = RULES.get(name) if isinstance(name, str) else None
+        if factory is None:
+            raise ConfigError(
+                f"aggregation.rules.{name} is not a known rule: use one of {', '.join(RULES)}"
+            )
+        if params is None:
+            params = {}
+        if not isinstance(params, Mapping):
+            raise ConfigError(
+                f"aggregation.rules.{name}={params!r} must be a mapping of parameters: "
+                f"write `{name}: {{}}` for the defaults"
+            )
+        signature = inspect.signature(factory, eval_str=True).parameters
+        for param, value in params.items():
+            if param not in signature:
+                known = ", ".join(signature) or "none"
+                raise ConfigError(
+                    f"aggregation.rules.{name}.{param} is not a parameter of {name}: "
+                    f"use one of: {known}"
+                )
+            _check_type(name, param, value, signature[param].annotation)
+        rules.append(factory(**params))
+    return chain(*rules)

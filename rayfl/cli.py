@@ -1,0 +1,158 @@
+"""The ``rayfl`` command line.
+
+    rayfl run [PRESET_OR_YAML] [--set key.path=value ...] [--output DIR] [--address ADDR]
+    rayfl presets
+    rayfl plot RUN_DIR [--out DIR]
+
+User errors (bad config, missing data, unwritable folder) print one line and exit with 2; no
+traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from rayfl.errors import RayflError
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    from rayfl import __version__
+
+    p = argparse.ArgumentParser(prog="rayfl", description="Federated learning simulations on Ray.")
+    p.add_argument("--version", action="version", version=f"rayfl {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    r = sub.add_parser("run", help="run an experiment from a preset or a YAML file")
+    r.add_argument(
+        "config", nargs="?", default="wkafl", help="preset name (see `rayfl presets`) or YAML path"
+    )
+    r.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field, e.g. --set aggregation.k=5 (repeatable)",
+    )
+    r.add_argument("--output", "-o", help="run folder (default: runs/<name>-<timestamp>)")
+    r.add_argument(
+        "--address", help="Ray cluster address to connect to (default: start a local Ray)"
+    )
+    r.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    r.add_argument("--no-plot", action="store_true", help="do not draw the figures at the end")
+    r.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+
+    sub.add_parser("presets", help="list the shipped presets")
+
+    pl = sub.add_parser("plot", help="draw a run folder's figures (PNG)")
+    pl.add_argument("run_dir", help="a folder written by `rayfl run`")
+    pl.add_argument("--out", help="output folder (default: RUN_DIR/plots)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            return _run(args)
+        if args.command == "presets":
+            return _presets()
+        if args.command == "plot":
+            return _plot(args)
+        _parser().print_help()
+        return EXIT_USER_ERROR
+    except RayflError as e:
+        print(f"rayfl: error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+
+
+def _run(args: argparse.Namespace) -> int:
+    from rayfl.config import dump_config, load_config
+
+    cfg = load_config(args.config, args.overrides)
+    if args.print_config:
+        print(dump_config(cfg), end="")
+        return 0
+    from rayfl.server.driver import default_run_dir, run
+
+    run_dir = args.output or str(default_run_dir(cfg))
+    try:
+        result = run(
+            cfg,
+            output=run_dir,
+            address=args.address,
+            progress=False if args.no_progress else None,
+        )
+    except KeyboardInterrupt:
+        print(f"\nrayfl: interrupted; the results so far are in {run_dir}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    figures: list[Any] = []
+    if not args.no_plot:
+        from rayfl.plots import plot_run
+
+        figures = plot_run(result.run_dir)
+    print(format_summary(result.summary, str(result.run_dir), len(figures)))
+    return 0
+
+
+def format_summary(summary: dict[str, Any], run_dir: str, n_figures: int = 0) -> str:
+    """The one-screen summary printed at the end of a run."""
+    rows = [
+        ("experiment", summary.get("name")),
+        ("status", summary.get("status")),
+        ("iterations", summary.get("iterations")),
+        ("final accuracy", _fmt(summary.get("final_accuracy"), ".4f")),
+        ("best accuracy", _fmt(summary.get("best_accuracy"), ".4f")),
+        ("final train loss", _fmt(summary.get("final_train_loss"), ".4f")),
+        ("mean K", _fmt(summary.get("mean_k"), ".2f")),
+        ("mean staleness", _fmt(summary.get("mean_staleness"), ".2f")),
+        ("virtual time", _fmt(summary.get("virtual_time"), ".1f")),
+        ("wall time (s)", _fmt(summary.get("driver_wall_s"), ".1f")),
+        ("workers", summary.get("num_workers")),
+        ("parameters", summary.get("num_parameters")),
+    ]
+    width = max(len(k) for k, _ in rows)
+    lines = ["", "rayfl run summary", "-" * (width + 20)]
+    lines += [f"{k:<{width}}  {v}" for k, v in rows if v is not None]
+    lines.append("-" * (width + 20))
+    lines.append(f"results: {run_dir}")
+    if n_figures:
+        lines.append(f"figures: {run_dir}/plots ({n_figures} PNG)")
+    return "\n".join(lines)
+
+
+def _fmt(value: Any, spec: str) -> str | None:
+    return None if value is None else format(value, spec)
+
+
+def _presets() -> int:
+    import yaml
+
+    from rayfl.config import preset_names, preset_text
+
+    for name in preset_names():
+        text = preset_text(name)
+        first = next((line[1:].strip() for line in text.splitlines() if line.startswith("#")), "")
+        raw = yaml.safe_load(text) or {}
+        base = f" (extends {raw['extends']})" if "extends" in raw else ""
+        print(f"{name:<12} {first}{base}")
+    return 0
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from rayfl.plots import plot_run
+
+    paths = plot_run(args.run_dir, args.out)
+    for p in paths:
+        print(p)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

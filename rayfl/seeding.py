@@ -1,0 +1,29 @@
+"""Every random draw in rayfl comes from a generator derived from ``(seed, stream, ids...)``.
+
+FedJAX-style: ``np.random.default_rng([seed, stream, *ids])`` with a fixed stream id per purpose,
+so a draw depends only on the run's seed and *what* it is for (client, version, iteration), never
+on the order in which workers happen to run. A seeded virtual-clock run therefore produces the same
+model bytes with 1 worker or 8. Never use the global ``np.random`` or an unseeded torch call.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# Stream ids: one per purpose. Keep them stable: changing one changes every seeded result.
+MODEL_INIT = 1  # initial global weights w_0
+SPEED = 2  # per-client speed a_i and straggler membership
+DURATION = 3  # per-job duration noise X ~ Exp(1), keyed by (client, version)
+BATCH = 4  # mini-batch draws, keyed by (client, version)
+EVAL_SUBSET = 5  # the fixed evaluation / validation subset
+PARTITION = 1001  # data partition (rayfl.data.partition)
+
+
+def rng(seed: int, stream: int, *ids: int) -> np.random.Generator:
+    """A numpy generator for ``(seed, stream, ids...)``; ids are non-negative ints."""
+    return np.random.default_rng([int(seed), int(stream), *(int(i) for i in ids)])
+
+
+def derive(seed: int, stream: int, *ids: int) -> int:
+    """A 63-bit integer seed for ``(seed, stream, ids...)``, e.g. for ``torch.Generator``."""
+    return int(rng(seed, stream, *ids).integers(2**63 - 1))

@@ -1,0 +1,168 @@
+"""Arrival order (AKAFL-RJ spec section 2): the speed model and the two clocks' job queues.
+
+Speed model (Dutta et al. 2018, shifted exponential): a job of client i on version v takes
+    d = a_i * B * E * (1 + X) + model_bytes / bw_i,   X ~ Exp(1),
+with a per-client speed a_i ~ U(a_lo, a_hi), a fraction of stragglers slowed by a factor, and X
+drawn from ``seeding.rng(seed, DURATION, i, v)``: the duration depends only on the seed.
+
+``VirtualQueue`` pops the K jobs with the earliest simulated finish times from a heap and
+computes them lazily: only the ``lookahead`` earliest jobs are submitted to the workers, so the
+queued work and the memory held do not grow with N. ``RealQueue`` holds the in-flight ObjectRefs
+and takes the first K that finish on the cluster (``ray.wait``).
+"""
+
+from __future__ import annotations
+
+import heapq
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from rayfl import seeding
+from rayfl.config import ClockConfig
+from rayfl.server.types import Job
+
+Submit = Callable[[Job, float], Any]  # (job, injected delay in seconds) -> ObjectRef of an Update
+
+
+class SpeedModel:
+    """Per-client speeds and seeded per-job durations (virtual time units)."""
+
+    def __init__(
+        self, cfg: ClockConfig, num_clients: int, work: float, model_bytes: int, seed: int
+    ):
+        r = seeding.rng(seed, seeding.SPEED)
+        self.speed = r.uniform(cfg.speed_low, cfg.speed_high, size=num_clients)  # (N,)
+        n_slow = int(round(cfg.straggler_fraction * num_clients))
+        self.is_straggler = np.zeros(num_clients, dtype=bool)
+        self.is_straggler[r.permutation(num_clients)[:n_slow]] = True
+        self.speed[self.is_straggler] *= cfg.straggler_slowdown
+        self.work = work  # B * E samples per job
+        self.comm = 0.0 if cfg.bandwidth is None else model_bytes / cfg.bandwidth
+        self.seed = seed
+
+    def duration(self, client_id: int, version: int) -> float:
+        """d for the job (client_id, version): virtual time units, > 0."""
+        x = seeding.rng(self.seed, seeding.DURATION, client_id, version).exponential()
+        return float(self.speed[client_id] * self.work * (1.0 + x) + self.comm)
+
+
+class VirtualQueue:
+    """Jobs ordered by simulated finish time; computed lazily, ``lookahead`` at a time."""
+
+    def __init__(self, speed: SpeedModel, submit: Submit, lookahead: int):
+        self.speed = speed
+        self.submit = submit
+        self.lookahead = lookahead
+        self.now = 0.0  # virtual time units
+        self._pending: list[Job] = []  # heap of jobs not yet handed to a worker
+        self._submitted: list[tuple[Job, Any]] = []  # heap of (job, ObjectRef)
+        self.current: dict[int, Job] = {}  # client_id -> its live job
+
+    def __len__(self) -> int:
+        return len(self.current)
+
+    def dispatch(self, client_id: int, version: int) -> Job:
+        """Starts a job now; its finish time is now + d."""
+        job = Job(self.now + self.speed.duration(client_id, version), client_id, version)
+        heapq.heappush(self._pending, job)
+        self.current[client_id] = job
+        return job
+
+    def drop(self, client_id: int) -> Job | None:
+        """Forgets a client's live job (remodel); it is skipped when it surfaces. Returns it."""
+        return self.current.pop(client_id, None)
+
+    def take(self, k: int) -> list[tuple[Job, Any]]:
+        """Pops the k earliest live jobs (submitting any not yet submitted) and advances ``now``."""
+        out: list[tuple[Job, Any]] = []
+        while len(out) < k:
+            self._discard_dropped()
+            if not self._pending and not self._submitted:
+                break
+            if self._pending and (not self._submitted or self._pending[0] < self._submitted[0][0]):
+                job = heapq.heappop(self._pending)
+                out.append((job, self.submit(job, 0.0)))
+            else:
+                out.append(heapq.heappop(self._submitted))
+            del self.current[out[-1][0].client_id]
+        if out:
+            self.now = max(self.now, out[-1][0].finish)
+        return out
+
+    def top_up(self) -> None:
+        """Keeps the ``lookahead`` earliest pending jobs submitted, so every worker stays busy."""
+        self._discard_dropped()
+        while len(self._submitted) < self.lookahead and self._pending:
+            job = heapq.heappop(self._pending)
+            if self.current.get(job.client_id) is job:
+                heapq.heappush(self._submitted, (job, self.submit(job, 0.0)))
+
+    def in_flight_versions(self) -> list[int]:
+        """The versions live jobs hold (one per client)."""
+        return [j.version for j in self.current.values()]
+
+    def _discard_dropped(self) -> None:
+        while (
+            self._pending and self.current.get(self._pending[0].client_id) is not self._pending[0]
+        ):
+            heapq.heappop(self._pending)
+        while (
+            self._submitted
+            and self.current.get(self._submitted[0][0].client_id) is not self._submitted[0][0]
+        ):
+            heapq.heappop(self._submitted)
+
+
+class RealQueue:
+    """In-flight ObjectRefs on the real cluster; the first K to finish are aggregated."""
+
+    def __init__(self, speed: SpeedModel, submit: Submit, time_scale: float):
+        import ray  # only the real clock needs ray.wait here
+
+        self._ray = ray
+        self.speed = speed
+        self.submit = submit
+        self.time_scale = time_scale  # seconds of injected delay per virtual time unit
+        self.start = time.perf_counter()
+        self.now = 0.0  # wall seconds since start
+        self._refs: dict[Any, Job] = {}
+        self.current: dict[int, Job] = {}
+
+    def __len__(self) -> int:
+        return len(self.current)
+
+    def dispatch(self, client_id: int, version: int) -> Job:
+        delay = self.speed.duration(client_id, version) * self.time_scale
+        job = Job(time.perf_counter() - self.start, client_id, version)
+        self._refs[self.submit(job, delay)] = job
+        self.current[client_id] = job
+        return job
+
+    def drop(self, client_id: int) -> Job | None:
+        job = self.current.pop(client_id, None)
+        if job is not None:
+            for ref, j in list(self._refs.items()):
+                if j is job:
+                    del self._refs[ref]
+                    self._ray.cancel(ref)
+        return job
+
+    def take(self, k: int) -> list[tuple[Job, Any]]:
+        refs = list(self._refs)
+        ready, _ = self._ray.wait(refs, num_returns=min(k, len(refs)), fetch_local=True)
+        out = []
+        for ref in ready:
+            job = self._refs.pop(ref)
+            del self.current[job.client_id]
+            out.append((job, ref))
+        self.now = time.perf_counter() - self.start
+        return out
+
+    def top_up(self) -> None:
+        pass
+
+    def in_flight_versions(self) -> list[int]:
+        return [j.version for j in self.current.values()]

@@ -1,0 +1,262 @@
+"""``rayfl.run``: load data, start the server actor, drive it in chunks, write the run folder.
+
+It starts Ray only if none is running (so it works inside a Ray Tune trial or a Ray job) and never
+shuts down a Ray it did not start.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import os
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import ray
+import torch
+
+from rayfl import __version__
+from rayfl.clients.worker import SharedData
+from rayfl.config import ExperimentConfig, dump_config, load_config
+from rayfl.data import load_dataset, partition
+from rayfl.errors import RayflError
+from rayfl.metrics import (
+    CONFIG_FILE,
+    METRICS_FILE,
+    MODEL_FILE,
+    RunLog,
+    atomic_write_bytes,
+    read_metrics,
+    summarize,
+    write_summary,
+)
+from rayfl.server.loop import KAsyncServer
+
+CHUNK = 10  # iterations per server call: how often the driver sees progress
+
+
+@dataclasses.dataclass
+class RunResult:
+    """What ``rayfl.run`` returns."""
+
+    run_dir: Path
+    config: ExperimentConfig
+    summary: dict[str, Any]
+    weights: np.ndarray  # (P,) float32, the final global model
+
+    @property
+    def final_accuracy(self) -> float | None:
+        return self.summary.get("final_accuracy")
+
+    @property
+    def metrics(self) -> pa.Table:
+        """Per-iteration metrics (read from the run folder's metrics.parquet)."""
+        return read_metrics(self.run_dir)
+
+
+def default_run_dir(cfg: ExperimentConfig, root: str | os.PathLike = "runs") -> Path:
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = Path(root) / f"{cfg.name}-{stamp}"
+    path, i = base, 1
+    while path.exists():
+        i += 1
+        path = base.with_name(f"{base.name}-{i}")
+    return path
+
+
+def prepare_run_dir(path: Path) -> Path:
+    if (path / METRICS_FILE).exists():
+        raise RayflError(
+            f"output folder {path} already holds a run: choose another --output or remove it"
+        )
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".rayfl-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise RayflError(
+            f"cannot write to output folder {path} ({e.strerror or e}): choose another --output"
+        ) from None
+    return path
+
+
+def ensure_ray(address: str | None = None) -> bool:
+    """Connects to or starts Ray if none is running; True if this call started it."""
+    if ray.is_initialized():
+        return False
+    kwargs: dict[str, Any] = {"logging_level": "WARNING", "log_to_driver": True}
+    if address is None and not os.environ.get("RAY_ADDRESS"):
+        kwargs["include_dashboard"] = False
+    ray.init(address=address, **kwargs)
+    return True
+
+
+def share_data(cfg: ExperimentConfig) -> SharedData:
+    """Loads and partitions the data set and puts its arrays in the object store once."""
+    ds = load_dataset(cfg.data.dataset, cfg.data.data_dir, cfg.data.download)
+    d = cfg.data
+    part = partition(
+        ds.y_train,
+        d.partition,
+        d.num_clients,
+        cfg.seed,
+        alpha=d.alpha,
+        shards_per_client=d.shards_per_client,
+        shard_size=d.shard_size,
+        classes_max=d.classes_max,
+        samples_min=d.samples_min,
+        samples_max=d.samples_max,
+    )
+    return SharedData(
+        x_train=ray.put(ds.x_train),
+        y_train=ray.put(ds.y_train),
+        x_test=ray.put(ds.x_test),
+        y_test=ray.put(ds.y_test),
+        indices=ray.put(part.indices),
+        offsets=ray.put(part.offsets),
+        input_shape=ds.input_shape,
+        num_classes=ds.num_classes,
+        mean=tuple(ds.mean),
+        std=tuple(ds.std),
+    )
+
+
+def _progress(cfg: ExperimentConfig, enabled: bool | None) -> Any:
+    from tqdm.auto import tqdm
+
+    if enabled is None:
+        enabled = sys.stderr.isatty()
+    return tqdm(
+        total=cfg.iterations,
+        desc=cfg.name,
+        unit="it",
+        dynamic_ncols=True,
+        disable=not enabled,
+        leave=True,
+    )
+
+
+def run(
+    config: ExperimentConfig | str | os.PathLike | Mapping[str, Any] = "wkafl",
+    *,
+    overrides: Sequence[str] = (),
+    output: str | os.PathLike | None = None,
+    address: str | None = None,
+    progress: bool | None = None,
+) -> RunResult:
+    """Runs one experiment and writes its run folder.
+
+    Args:
+        config: an ``ExperimentConfig``, a preset name, a YAML path or a mapping.
+        overrides: ``key.path=value`` strings applied on top (as ``--set``).
+        output: the run folder; default ``runs/<name>-<timestamp>``.
+        address: a Ray cluster to connect to if Ray is not running yet (as ``ray.init``).
+        progress: show a progress bar; default when stderr is a terminal.
+
+    Returns:
+        A ``RunResult`` with the run folder, summary and final weights.
+
+    Example:
+        >>> result = rayfl.run("wkafl", overrides=["iterations=100"])  # doctest: +SKIP
+        >>> result.final_accuracy  # doctest: +SKIP
+    """
+    cfg = (
+        config
+        if isinstance(config, ExperimentConfig) and not overrides
+        else load_config(config, overrides)
+    )
+    run_dir = prepare_run_dir(Path(output) if output is not None else default_run_dir(cfg))
+    atomic_write_bytes(run_dir / CONFIG_FILE, dump_config(cfg).encode())
+    started_ray = ensure_ray(address)
+    log = RunLog(run_dir)
+    server = None
+    bar = _progress(cfg, progress)
+    t0 = time.perf_counter()
+    status = "running"
+    try:
+        data = share_data(cfg)
+        server_cls = ray.remote(KAsyncServer).options(
+            num_cpus=cfg.server.num_cpus, num_gpus=cfg.server.num_gpus, max_concurrency=1
+        )
+        server = server_cls.remote(cfg, data)
+        info = ray.get(server.describe.remote())
+        # Two calls in flight so the server never idles while the driver writes files.
+        calls: list[Any] = []
+        requested = 0
+
+        def request() -> None:
+            nonlocal requested
+            n = min(CHUNK, cfg.iterations - requested)
+            if n > 0:
+                calls.append(server.run.remote(n))
+                requested += n
+
+        request()
+        request()
+        last_flush = time.perf_counter()
+        while calls:
+            chunk = ray.get(calls.pop(0))
+            request()
+            log.extend(chunk["metrics"], chunk["updates"])
+            bar.update(len(chunk["metrics"]))
+            _postfix(bar, log)
+            if time.perf_counter() - last_flush > 5.0 or any(
+                "eval/accuracy" in r for r in chunk["metrics"]
+            ):
+                log.flush()
+                last_flush = time.perf_counter()
+        info = ray.get(server.describe.remote())
+        weights = ray.get(server.weights.remote())
+        state = ray.get(server.state_dict.remote())
+        torch.save(state, run_dir / MODEL_FILE)
+        status = "finished"
+    except KeyboardInterrupt:
+        status = "interrupted"
+        raise
+    except ray.exceptions.RayActorError as e:
+        status = "failed"
+        raise RayflError(
+            f"the server actor died ({e.__class__.__name__}); results so far are in {run_dir}"
+        ) from None
+    finally:
+        bar.close()
+        log.flush()
+        summary = {
+            "name": cfg.name,
+            "status": status,
+            "rayfl_version": __version__,
+            "seed": cfg.seed,
+            **summarize(log.metrics),
+            "driver_wall_s": time.perf_counter() - t0,
+        }
+        if status == "finished":
+            summary["num_workers"] = len(info["workers"])
+            summary["num_parameters"] = info["num_parameters"]
+            summary["updates_aggregated"] = info["updates_aggregated"]
+            summary["worker_nodes"] = sorted({w["node_id"] for w in info["workers"]})
+        write_summary(run_dir, summary)
+        if server is not None:
+            ray.kill(server)  # its worker actors are owned by it and go with it
+        if started_ray:
+            ray.shutdown()
+    return RunResult(run_dir=run_dir, config=cfg, summary=summary, weights=weights)
+
+
+def _postfix(bar: Any, log: RunLog) -> None:
+    if not log.metrics:
+        return
+    last = log.metrics[-1]
+    ev = log.last_eval()
+    post = {}
+    if ev is not None:
+        post["acc"] = f"{ev['eval/accuracy']:.4f}"
+    post["loss"] = f"{last.get('train/loss', float('nan')):.3f}"
+    post["K"] = last.get("agg/k")
+    post["vt"] = f"{last.get('sys/virtual_time', 0.0):.1f}"
+    bar.set_postfix(post, refresh=False)

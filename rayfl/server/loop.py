@@ -1,0 +1,239 @@
+"""The K-asynchronous server loop (AKAFL-RJ spec sections 1-3; Algorithm 1).
+
+Every client is always busy computing one update on the version it last received. Each iteration
+the server takes the first K_t updates to arrive (virtual or real clock), runs the aggregation
+rule chain (K-async SGD, WKAFL, ...), makes w_{t+1} = w_t - eta_t * g_t, and sends w_{t+1} to
+exactly those K_t clients. Each global version lives in the Ray object store once (``ray.put``)
+and is freed when no live job refers to it.
+
+``KAsyncServer`` is a plain class; the driver runs it as a Ray actor and calls ``run(n)`` in
+chunks, so it can show progress and write results while the server works.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import numpy as np
+import ray
+import torch
+
+from rayfl import seeding
+from rayfl.aggregation import build_rules, final_direction, start_step
+from rayfl.clients.worker import SharedData, make_pool
+from rayfl.config import ExperimentConfig
+from rayfl.errors import RayflError
+from rayfl.models import build_model, get_flat, set_flat
+from rayfl.server.clock import RealQueue, SpeedModel, VirtualQueue
+from rayfl.server.types import Job
+from rayfl.training import Normalizer, evaluate
+
+WORKER_START_TIMEOUT_S = 300.0
+
+
+class KAsyncServer:
+    """The server: global model, versions, the job queue, the rule chain, evaluation."""
+
+    def __init__(self, cfg: ExperimentConfig, data: SharedData):
+        self.cfg = cfg
+        n = cfg.data.num_clients
+        torch.set_num_threads(max(1, math.floor(cfg.server.num_cpus)))
+        use_gpu = bool(ray.get_gpu_ids()) and torch.cuda.is_available()
+        self.device = torch.device("cuda" if use_gpu else "cpu")
+
+        # --- global model w_0 ---
+        self.model = build_model(cfg.model, data.input_shape, data.num_classes, cfg.seed).to(
+            self.device
+        )
+        self.w = get_flat(self.model)  # (P,) float32
+        self.t = 0
+        self.k = cfg.aggregation.k
+        self.previous_direction: np.ndarray | None = None
+        self.rule = build_rules(cfg.aggregation.rules)
+        self.rule_state = self.rule.init()
+
+        # --- evaluation data: the test set, or a fixed seeded subset of it ---
+        x_test, y_test = ray.get([data.x_test, data.y_test])
+        if cfg.eval.max_samples is not None and cfg.eval.max_samples < len(y_test):
+            pick = seeding.rng(cfg.seed, seeding.EVAL_SUBSET).choice(
+                len(y_test), size=cfg.eval.max_samples, replace=False
+            )
+            pick.sort()
+            x_test, y_test = x_test[pick], y_test[pick]
+        self.x_eval, self.y_eval = x_test, y_test
+        self.normalize = Normalizer(data.mean, data.std, self.device)
+
+        # --- worker pool ---
+        per_worker_guess = max(1, cfg.data.num_clients)
+        self.workers = make_pool(cfg, data, max_concurrency=min(per_worker_guess + 16, 100_000))
+        try:
+            self.worker_info = ray.get(
+                [w.info.remote() for w in self.workers], timeout=WORKER_START_TIMEOUT_S
+            )
+        except ray.exceptions.GetTimeoutError:
+            raise RayflError(
+                f"{len(self.workers)} client workers could not start within "
+                f"{WORKER_START_TIMEOUT_S:.0f} s: the cluster lacks the resources "
+                f"(client.num_cpus={cfg.client.num_cpus}, client.num_gpus={cfg.client.num_gpus})"
+                "; lower them or client.num_workers"
+            ) from None
+        self._outstanding = [0] * len(self.workers)  # jobs submitted and not yet consumed
+        self._worker_of: dict[Any, int] = {}  # ObjectRef -> index of the worker computing it
+
+        # --- versions in the object store, ref-counted by live jobs ---
+        self.versions: dict[int, list[Any]] = {}  # version -> [ObjectRef, live job count]
+        self._put_version(0, self.w)
+
+        # --- the clock and its job queue; every client starts on w_0 ---
+        speed = SpeedModel(
+            cfg.clock,
+            n,
+            work=cfg.client.batch_size * cfg.client.local_steps,
+            model_bytes=self.w.nbytes,
+            seed=cfg.seed,
+        )
+        if cfg.clock.kind == "virtual":
+            lookahead = cfg.clock.lookahead or max(2 * self.k, 4 * len(self.workers))
+            self.queue: VirtualQueue | RealQueue = VirtualQueue(speed, self._submit, lookahead)
+        else:
+            self.queue = RealQueue(speed, self._submit, cfg.clock.time_scale)
+        for client_id in range(n):
+            self._dispatch(client_id, 0)
+        self.queue.top_up()
+        self.start = time.perf_counter()
+        self.updates_aggregated = 0
+
+    # --- bookkeeping helpers ------------------------------------------------------------------
+
+    def _put_version(self, version: int, w: np.ndarray) -> None:
+        self.versions[version] = [ray.put(w), 0]
+
+    def _dispatch(self, client_id: int, version: int) -> None:
+        self.versions[version][1] += 1
+        self.queue.dispatch(client_id, version)
+
+    def _release(self, version: int) -> None:
+        entry = self.versions[version]
+        entry[1] -= 1
+        if entry[1] == 0 and version != self.t:
+            del self.versions[version]  # no live job holds it: the object store frees it
+
+    def _submit(self, job: Job, delay_s: float) -> Any:
+        i = min(range(len(self.workers)), key=self._outstanding.__getitem__)
+        self._outstanding[i] += 1
+        ref = self.workers[i].compute.remote(job, self.versions[job.version][0], delay_s)
+        self._worker_of[ref] = i
+        return ref
+
+    # --- the loop -----------------------------------------------------------------------------
+
+    def run(self, iterations: int) -> dict[str, list[dict[str, Any]]]:
+        """Runs up to ``iterations`` more iterations; returns their metric and update rows."""
+        rows: list[dict[str, Any]] = []
+        update_rows: list[dict[str, Any]] = []
+        end = min(self.cfg.iterations, self.t + iterations)
+        while self.t < end:
+            row, ups = self.iterate()
+            rows.append(row)
+            update_rows.extend(ups)
+        return {"metrics": rows, "updates": update_rows}
+
+    def iterate(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """One iteration t: wait for K_t updates, aggregate, make and send w_{t+1}, evaluate."""
+        t = self.t
+        tick = time.perf_counter()
+
+        # --- wait for the first K ---
+        taken = self.queue.take(self.k)
+        self.queue.top_up()  # keep every worker busy while we wait and aggregate
+        waited = time.perf_counter()
+        updates = ray.get([ref for _, ref in taken])
+        wait_s = time.perf_counter() - waited
+        for job, ref in taken:
+            self._outstanding[self._worker_of.pop(ref)] -= 1
+            self._release(job.version)
+
+        # --- aggregate: the rule chain makes g_t and eta_t ---
+        step = start_step(
+            t,
+            np.stack([u.vector for u in updates]),
+            [t - u.version for u in updates],
+            [u.loss for u in updates],
+            self.cfg.aggregation.lr,
+            self.previous_direction,
+        )
+        step, self.rule_state = self.rule.update(step, self.rule_state)
+        direction = final_direction(step)
+        self.w = (self.w - np.float32(step.lr) * direction).astype(np.float32, copy=False)
+        self.previous_direction = direction
+        self.t = t + 1
+        self.updates_aggregated += len(updates)
+
+        # --- send w_{t+1} to the K clients that just reported ---
+        self._put_version(self.t, self.w)
+        for u in updates:
+            self._dispatch(u.client_id, self.t)
+        self.queue.top_up()
+        stale = self.t - 1
+        if stale in self.versions and self.versions[stale][1] == 0:
+            del self.versions[stale]
+
+        # --- evaluate w_{t+1} every eval.every iterations and at the end ---
+        row: dict[str, Any] = {
+            "iteration": t,
+            "sys/wall_s": time.perf_counter() - self.start,
+            "sys/virtual_time": self.queue.now,
+            "agg/k": len(updates),
+            "agg/lr": step.lr,
+            "agg/versions_held": len(self.versions),
+            **step.metrics,
+        }
+        row["sys/iteration_s"] = time.perf_counter() - tick
+        row["sys/server_s"] = row["sys/iteration_s"] - wait_s
+        if self.t % self.cfg.eval.every == 0 or self.t == self.cfg.iterations:
+            row["eval/accuracy"], row["eval/loss"] = self.evaluate()
+        weights = np.asarray(step.weights, dtype=np.float64)
+        update_rows = [
+            {
+                "iteration": t,
+                "client_id": u.client_id,
+                "version": u.version,
+                "staleness": t - u.version,
+                "weight": float(weights[j]),
+                "loss": u.loss,
+                "worker": u.worker,
+            }
+            for j, u in enumerate(updates)
+        ]
+        return row, update_rows
+
+    # --- evaluation and state -----------------------------------------------------------------
+
+    def evaluate(self) -> tuple[float, float]:
+        """(accuracy, loss) of the current global model on the evaluation set."""
+        set_flat(self.model, self.w)
+        return evaluate(
+            self.model, self.x_eval, self.y_eval, self.normalize, self.cfg.eval.batch_size
+        )
+
+    def weights(self) -> np.ndarray:
+        """The current global model as a flat (P,) float32 vector."""
+        return self.w
+
+    def state_dict(self) -> dict[str, Any]:
+        """The current global model as a torch state_dict (CPU tensors)."""
+        set_flat(self.model, self.w)
+        return {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+
+    def describe(self) -> dict[str, Any]:
+        """The pool and model sizes, for the driver's log and summary."""
+        return {
+            "workers": self.worker_info,
+            "num_parameters": int(self.w.size),
+            "iteration": self.t,
+            "updates_aggregated": self.updates_aggregated,
+            "versions_held": len(self.versions),
+            "device": str(self.device),
+        }

@@ -1,0 +1,46 @@
+"""The glossary of rayfl, as types. Use these words and no synonyms.
+
+- **iteration** (t): one server aggregation; K-async iterations are numbered 0, 1, ..., T-1.
+- **round**: one synchronous FedAvg step (selection, local training, averaging); not used here.
+- **version** (v): the global model after v iterations; w_v. The initial model is version 0.
+- **client_id** (i): a virtual client, 0 <= i < N. Many virtual clients share one worker actor.
+- **job**: one client computing one update on one version; at most one per client at a time.
+- **staleness** (tau): t - v for an update computed on version v and aggregated at iteration t.
+- **k** (K_t): the number of updates aggregated at iteration t.
+- **worker**: a Ray actor process that computes jobs for any client.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True, order=True)
+class Job:
+    """A dispatched job: ``client_id`` computes on ``version``; ``finish`` orders the virtual clock."""
+
+    finish: float  # virtual time units (virtual clock) or dispatch wall seconds (real clock)
+    client_id: int
+    version: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Update:
+    """What a worker returns for a job: the update vector and the mini-batch loss."""
+
+    client_id: int
+    version: int
+    vector: np.ndarray  # (P,) float32
+    loss: float
+    worker: int = -1  # index of the worker actor that computed it
+
+
+@dataclasses.dataclass(frozen=True)
+class Arrival:
+    """An update as the server aggregates it at iteration t."""
+
+    update: Update
+    staleness: int  # t - version
+    finish: float  # arrival time on the run's clock

@@ -1,0 +1,30 @@
+"""Shared fixtures: one real local Ray instance per test session (2 CPUs, 1 pretend GPU)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """A real Ray cluster on this machine, started once. num_gpus=1 lets the fractional-GPU tests
+    schedule actors with num_gpus=0.25 on a CPU-only machine (they fall back to CPU compute)."""
+    import ray
+
+    started = False
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, logging_level="ERROR")
+        started = True
+    yield ray
+    if started:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def ray_address(ray_session):
+    """The GCS address of the session's cluster, for CLI subprocesses (--address)."""
+    return ray_session.get_runtime_context().gcs_address

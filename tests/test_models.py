@@ -1,0 +1,168 @@
+"""Model factories, the flat-vector view, and one client update computed by hand."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from rayfl.config import ModelConfig
+from rayfl.errors import ConfigError
+from rayfl.models import build_model, get_flat, num_parameters, set_flat
+from rayfl.training import Normalizer, UpdateComputer, evaluate
+
+
+def test_paper_cnn_matches_the_spec():
+    model = build_model(ModelConfig("paper_cnn"), (1, 28, 28), 10, seed=0)
+    # conv1 32*25+32, conv2 64*32*25+64, fc1 1024*512+512, fc2 512*10+10
+    assert num_parameters(model) == 832 + 51264 + 524800 + 5130 == 582026
+    assert model(torch.zeros(3, 1, 28, 28)).shape == (3, 10)
+    cifar = build_model(ModelConfig("paper_cnn"), (3, 32, 32), 10, seed=0)
+    assert cifar(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_mlp_and_seeded_init():
+    cfg = ModelConfig("mlp", hidden=(16, 8))
+    a, b = build_model(cfg, (1, 4, 4), 3, 7), build_model(cfg, (1, 4, 4), 3, 7)
+    c = build_model(cfg, (1, 4, 4), 3, 8)
+    assert num_parameters(a) == 16 * 16 + 16 + 16 * 8 + 8 + 8 * 3 + 3
+    assert np.array_equal(get_flat(a), get_flat(b))
+    assert not np.array_equal(get_flat(a), get_flat(c))
+
+
+def test_seeded_init_leaves_the_global_rng_alone():
+    torch.manual_seed(123)
+    expected = torch.rand(1)
+    torch.manual_seed(123)
+    build_model(ModelConfig("mlp"), (1, 4, 4), 3, 0)
+    assert torch.rand(1) == expected
+
+
+def test_user_factory_by_import_path(tmp_path, monkeypatch):
+    (tmp_path / "my_models.py").write_text(
+        "import torch.nn as nn\n"
+        "def make_net(input_shape, num_classes, width=5):\n"
+        "    return nn.Sequential(nn.Flatten(), nn.Linear(16, width), nn.Linear(width, num_classes))\n"
+        "not_callable = 3\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    model = build_model(ModelConfig("my_models:make_net", kwargs={"width": 7}), (1, 4, 4), 3, 0)
+    assert num_parameters(model) == 16 * 7 + 7 + 7 * 3 + 3
+    with pytest.raises(ConfigError, match="no callable"):
+        build_model(ModelConfig("my_models:not_callable"), (1, 4, 4), 3, 0)
+    with pytest.raises(ConfigError, match="cannot import"):
+        build_model(ModelConfig("no_such_module_xyz:f"), (1, 4, 4), 3, 0)
+    with pytest.raises(ConfigError, match="rejected its arguments"):
+        build_model(ModelConfig("my_models:make_net", kwargs={"depth": 2}), (1, 4, 4), 3, 0)
+    sys.modules.pop("my_models", None)
+
+
+def test_flat_round_trip():
+    model = build_model(ModelConfig("mlp", hidden=(5,)), (1, 2, 2), 2, 0)
+    w = np.arange(num_parameters(model), dtype=np.float32)
+    w.setflags(write=False)  # as it arrives from the object store
+    set_flat(model, w)
+    assert np.array_equal(get_flat(model), w)
+
+
+def _tiny_world():
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, size=(12, 1, 2, 2), dtype=np.uint8)
+    y = np.array([0, 1] * 6, dtype=np.int64)
+    indices = np.arange(12, dtype=np.int64)
+    offsets = np.array([0, 6, 12], dtype=np.int64)
+    return x, y, indices, offsets
+
+
+def test_update_is_the_minibatch_gradient_and_is_deterministic():
+    x, y, indices, offsets = _tiny_world()
+    model = build_model(ModelConfig("mlp", hidden=(4,)), (1, 2, 2), 2, 0)
+    w = get_flat(model)
+    uc = UpdateComputer(
+        model,
+        x,
+        y,
+        indices,
+        offsets,
+        (0.5,),
+        (0.25,),
+        batch_size=6,
+        local_steps=1,
+        local_lr=0.1,
+        seed=3,
+    )
+    g1, loss1 = uc.compute(1, 0, w)
+    g2, loss2 = uc.compute(1, 0, w)
+    assert np.array_equal(g1, g2) and loss1 == loss2
+    # batch_size = client size: the gradient of the full client-1 loss, computed here by hand.
+    ref = build_model(ModelConfig("mlp", hidden=(4,)), (1, 2, 2), 2, 0)
+    xb = (torch.from_numpy(x[6:12]).float() / 255 - 0.5) / 0.25
+    loss = torch.nn.functional.cross_entropy(ref(xb), torch.from_numpy(y[6:12]))
+    loss.backward()
+    expected = torch.cat([p.grad.reshape(-1) for p in ref.parameters()]).numpy()
+    np.testing.assert_allclose(g1, expected, rtol=1e-5, atol=1e-6)
+    assert loss1 == pytest.approx(float(loss), rel=1e-6)
+
+
+def test_local_steps_pseudo_gradient():
+    x, y, indices, offsets = _tiny_world()
+    model = build_model(ModelConfig("mlp", hidden=(4,)), (1, 2, 2), 2, 0)
+    w = get_flat(model)
+    one = UpdateComputer(
+        model,
+        x,
+        y,
+        indices,
+        offsets,
+        (0.5,),
+        (0.25,),
+        batch_size=6,
+        local_steps=1,
+        local_lr=0.1,
+        seed=3,
+    )
+    g_one, _ = one.compute(0, 0, w)
+    two = UpdateComputer(
+        build_model(ModelConfig("mlp", hidden=(4,)), (1, 2, 2), 2, 0),
+        x,
+        y,
+        indices,
+        offsets,
+        (0.5,),
+        (0.25,),
+        batch_size=6,
+        local_steps=2,
+        local_lr=0.1,
+        seed=3,
+    )
+    g_two, _ = two.compute(0, 0, w)
+    # Full-batch steps (batch_size = client size): (w0 - w2) / lr = g(w0) + g(w1), w1 = w0 - lr g(w0).
+    g_at_w1, _ = one.compute(0, 1, w - np.float32(0.1) * g_one)
+    np.testing.assert_allclose(g_two, g_one + g_at_w1, rtol=1e-4, atol=1e-5)
+    # The model is reloaded for the next job, so repeated calls agree.
+    again, _ = two.compute(0, 0, w)
+    assert np.array_equal(g_two, again)
+
+
+def test_evaluate_counts_correct_predictions():
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(1, 2))
+    with torch.no_grad():
+        model[1].weight.copy_(torch.tensor([[-1.0], [1.0]]))
+        model[1].bias.zero_()
+    x = np.array([0, 255, 255, 0], dtype=np.uint8).reshape(4, 1, 1, 1)
+    y = np.array([0, 1, 0, 0])
+    acc, loss = evaluate(model, x, y, Normalizer((0.5,), (0.5,), torch.device("cpu")), 3)
+    assert acc == 0.75
+    assert loss > 0
+
+
+def test_set_flat_copies_and_never_aliases_the_source():
+    model = build_model(ModelConfig("mlp", hidden=(3,)), (1, 2, 2), 2, 0)
+    w = np.zeros(num_parameters(model), dtype=np.float32)
+    set_flat(model, w)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    assert not w.any()  # local SGD steps must not write into the received weights
