@@ -23,7 +23,7 @@ import torch
 from rayfl import __version__
 from rayfl.clients.worker import SharedData
 from rayfl.config import ExperimentConfig, dump_config, load_config
-from rayfl.data import load_dataset, partition
+from rayfl.data import Dataset, Partition, load_dataset, partition
 from rayfl.errors import RayflError
 from rayfl.metrics import (
     CONFIG_FILE,
@@ -97,8 +97,8 @@ def ensure_ray(address: str | None = None) -> bool:
     return True
 
 
-def share_data(cfg: ExperimentConfig) -> SharedData:
-    """Loads and partitions the data set and puts its arrays in the object store once."""
+def load_data(cfg: ExperimentConfig) -> tuple[Dataset, Partition]:
+    """Loads the data set and partitions it (numpy; no Ray). Raises DataError on bad input."""
     ds = load_dataset(cfg.data.dataset, cfg.data.data_dir, cfg.data.download)
     d = cfg.data
     part = partition(
@@ -113,6 +113,11 @@ def share_data(cfg: ExperimentConfig) -> SharedData:
         samples_min=d.samples_min,
         samples_max=d.samples_max,
     )
+    return ds, part
+
+
+def put_data(ds: Dataset, part: Partition) -> SharedData:
+    """Puts the arrays in the object store once; every worker on a node maps the same copy."""
     return SharedData(
         x_train=ray.put(ds.x_train),
         y_train=ray.put(ds.y_train),
@@ -125,6 +130,11 @@ def share_data(cfg: ExperimentConfig) -> SharedData:
         mean=tuple(ds.mean),
         std=tuple(ds.std),
     )
+
+
+def share_data(cfg: ExperimentConfig) -> SharedData:
+    """``load_data`` then ``put_data``."""
+    return put_data(*load_data(cfg))
 
 
 def _progress(cfg: ExperimentConfig, enabled: bool | None) -> Any:
@@ -171,6 +181,7 @@ def run(
         if isinstance(config, ExperimentConfig) and not overrides
         else load_config(config, overrides)
     )
+    ds, part = load_data(cfg)  # bad data fails here, before any folder or Ray exists
     run_dir = prepare_run_dir(Path(output) if output is not None else default_run_dir(cfg))
     atomic_write_bytes(run_dir / CONFIG_FILE, dump_config(cfg).encode())
     started_ray = ensure_ray(address)
@@ -180,12 +191,13 @@ def run(
     t0 = time.perf_counter()
     status = "running"
     try:
-        data = share_data(cfg)
+        data = put_data(ds, part)
+        del ds, part  # the object store holds the arrays now
         server_cls = ray.remote(KAsyncServer).options(
             num_cpus=cfg.server.num_cpus, num_gpus=cfg.server.num_gpus, max_concurrency=1
         )
         server = server_cls.remote(cfg, data)
-        info = ray.get(server.describe.remote())
+        info = _get(server.start.remote())
         # Two calls in flight so the server never idles while the driver writes files.
         calls: list[Any] = []
         requested = 0
@@ -201,7 +213,7 @@ def run(
         request()
         last_flush = time.perf_counter()
         while calls:
-            chunk = ray.get(calls.pop(0))
+            chunk = _get(calls.pop(0))
             request()
             log.extend(chunk["metrics"], chunk["updates"])
             bar.update(len(chunk["metrics"]))
@@ -218,6 +230,9 @@ def run(
         status = "finished"
     except KeyboardInterrupt:
         status = "interrupted"
+        raise
+    except RayflError:
+        status = "failed"
         raise
     except ray.exceptions.RayActorError as e:
         status = "failed"
@@ -246,6 +261,16 @@ def run(
         if started_ray:
             ray.shutdown()
     return RunResult(run_dir=run_dir, config=cfg, summary=summary, weights=weights)
+
+
+def _get(ref: Any) -> Any:
+    """``ray.get`` that re-raises a user error from the server actor as itself (one line)."""
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as e:
+        if isinstance(e.cause, RayflError):
+            raise e.cause from None
+        raise
 
 
 def _postfix(bar: Any, log: RunLog) -> None:

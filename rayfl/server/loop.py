@@ -38,6 +38,15 @@ class KAsyncServer:
 
     def __init__(self, cfg: ExperimentConfig, data: SharedData):
         self.cfg = cfg
+        self.data = data
+
+    def start(self) -> dict[str, Any]:
+        """Builds w_0, starts the worker pool and dispatches every client on w_0.
+
+        Separate from ``__init__`` so that a user error (a model factory that fails to import, a
+        pool that does not fit) reaches the driver as a ``RayflError``, not as a dead actor.
+        """
+        cfg, data = self.cfg, self.data
         n = cfg.data.num_clients
         torch.set_num_threads(max(1, math.floor(cfg.server.num_cpus)))
         use_gpu = bool(ray.get_gpu_ids()) and torch.cuda.is_available()
@@ -102,8 +111,9 @@ class KAsyncServer:
         for client_id in range(n):
             self._dispatch(client_id, 0)
         self.queue.top_up()
-        self.start = time.perf_counter()
+        self.started_at = time.perf_counter()
         self.updates_aggregated = 0
+        return self.describe()
 
     # --- bookkeeping helpers ------------------------------------------------------------------
 
@@ -183,7 +193,7 @@ class KAsyncServer:
         # --- evaluate w_{t+1} every eval.every iterations and at the end ---
         row: dict[str, Any] = {
             "iteration": t,
-            "sys/wall_s": time.perf_counter() - self.start,
+            "sys/wall_s": time.perf_counter() - self.started_at,
             "sys/virtual_time": self.queue.now,
             "agg/k": len(updates),
             "agg/lr": step.lr,
