@@ -29,8 +29,17 @@ def test_presets_lists_the_shipped_presets():
 def test_run_then_plot(ray_address, tmp_path):
     run_dir = tmp_path / "run"
     out = rayfl(
-        "run", "tiny", "--set", "iterations=20", "--set", "client.num_workers=2",
-        "--output", str(run_dir), "--address", ray_address, "--no-progress",
+        "run",
+        "tiny",
+        "--set",
+        "iterations=20",
+        "--set",
+        "client.num_workers=2",
+        "--output",
+        str(run_dir),
+        "--address",
+        ray_address,
+        "--no-progress",
     )
     assert out.returncode == 0, out.stderr
     assert f"results: {run_dir}" in out.stdout
@@ -72,8 +81,16 @@ def test_bad_input_is_one_line_and_exit_2(args, needle):
 
 def test_data_that_is_not_there(tmp_path, ray_address):
     out = rayfl(
-        "run", "tiny", "--set", "data.dataset=cifar10", "--set", f"data.data_dir={tmp_path}",
-        "--output", str(tmp_path / "r"), "--address", ray_address,
+        "run",
+        "tiny",
+        "--set",
+        "data.dataset=cifar10",
+        "--set",
+        f"data.data_dir={tmp_path}",
+        "--output",
+        str(tmp_path / "r"),
+        "--address",
+        ray_address,
     )
     assert out.returncode == 2
     assert "data.download" in out.stderr and "Traceback" not in out.stderr

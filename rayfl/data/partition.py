@@ -169,13 +169,13 @@ def shards(
 ) -> Partition:
     """McMahan et al. (2017) shards: sort by label, deal ``shards_per_client`` shards per client.
 
-    The default ``shard_size`` is ``N // (num_clients * shards_per_client)``, so shards are
-    disjoint (``N`` mod the shard count samples at the end of the sorted order go unused). An
-    explicit ``shard_size`` tiles the label-sorted order cyclically to
-    ``num_clients * shards_per_client * shard_size`` entries: samples are reused when that
-    exceeds ``N`` (how 100,000 clients fit on 60,000 images) and, when it is less than ``N``,
-    only the first entries of the sorted order (the lowest labels) are used. All clients hold
-    ``shards_per_client * shard_size`` samples.
+    The S = ``num_clients * shards_per_client`` shards start at evenly spaced positions of the
+    label-sorted order (shard j at ``j * N // S``) and run ``shard_size`` entries, wrapping
+    around at the end. The default ``shard_size`` is ``N // S``, so shards are disjoint and cover
+    all but ``N mod S`` samples. A larger explicit ``shard_size`` makes neighbouring shards
+    overlap (how 100,000 clients fit on 60,000 images); a smaller one leaves gaps, but every
+    label range is still represented. All clients hold ``shards_per_client * shard_size``
+    samples.
     """
     labels = _as_labels(labels)
     num_clients = _check_num_clients(num_clients, labels.size, "shards")
@@ -191,9 +191,10 @@ def shards(
             )
     shard_size = _check_positive_int(shard_size, "data.shard_size")
     by_label = np.argsort(labels, kind="stable")  # (N,)
-    tiled = by_label[np.arange(num_shards * shard_size) % labels.size]  # (S * shard_size,)
+    starts = np.arange(num_shards, dtype=np.int64) * labels.size // num_shards  # (S,)
+    pos = (starts[:, None] + np.arange(shard_size, dtype=np.int64)[None, :]) % labels.size
     dealt = rng.permutation(num_shards)  # client i gets shards dealt[i*spc:(i+1)*spc]
-    indices = tiled.reshape(num_shards, shard_size)[dealt].reshape(-1)
+    indices = by_label[pos[dealt].reshape(-1)]  # (S * shard_size,)
     offsets = np.arange(num_clients + 1, dtype=np.int64) * (shards_per_client * shard_size)
     return Partition(indices=indices, offsets=offsets)
 

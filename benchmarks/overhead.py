@@ -1,0 +1,106 @@
+"""Framework overhead: rayfl against a plain single-process PyTorch loop doing the same work.
+
+Profile (overhead-heavy: tiny batches, many clients): N = 1000, K = 10, B = 4, the paper CNN,
+WKAFL rules, virtual clock, 300 iterations. Both compute the same updates in the same order and
+aggregate them the same way; the final weights must agree within float tolerance (asserted).
+
+    python benchmarks/overhead.py [--iterations 300] [--repeats 2]
+
+Prints the time of the iteration loop of each (data loading and Ray start excluded; reported
+separately) and the ratio rayfl / plain. Target: at most 1.3 on a 2-core machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from plain import plain_run  # noqa: E402
+
+import rayfl  # noqa: E402
+from rayfl.config import load_config  # noqa: E402
+
+
+def profile(iterations: int) -> list[str]:
+    return [
+        "data.num_clients=1000",
+        "aggregation.k=10",
+        "client.batch_size=4",
+        f"iterations={iterations}",
+        f"eval.every={iterations}",
+        "eval.max_samples=1000",
+        "name=overhead",
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--iterations", type=int, default=300)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--json", help="also write the numbers to this file")
+    args = parser.parse_args()
+    cfg = load_config("wkafl", profile(args.iterations))
+    import ray
+
+    t0 = time.perf_counter()
+    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level="ERROR")
+    ray_start_s = time.perf_counter() - t0
+    plain_s, plain1_s, rayfl_loop_s, rayfl_total_s = [], [], [], []
+    w_plain = w_rayfl = None
+    for rep in range(args.repeats):
+        # Plain loop with torch's default threads (all cores) and with one thread.
+        w_plain, secs, _ = plain_run(cfg, threads=os.cpu_count())
+        plain_s.append(secs)
+        _, secs1, _ = plain_run(cfg, threads=1)
+        plain1_s.append(secs1)
+        with tempfile.TemporaryDirectory() as tmp:
+            t = time.perf_counter()
+            result = rayfl.run(cfg, output=Path(tmp) / "run", progress=False)
+            rayfl_total_s.append(time.perf_counter() - t)
+            last = result.metrics.to_pandas().iloc[-1]
+            rayfl_loop_s.append(float(last["sys/wall_s"]))  # server start -> last aggregation
+            w_rayfl = result.weights
+        print(
+            f"repeat {rep}: plain {plain_s[-1]:.1f} s ({os.cpu_count()} threads), "
+            f"plain {plain1_s[-1]:.1f} s (1 thread), rayfl loop {rayfl_loop_s[-1]:.1f} s, "
+            f"rayfl end-to-end {rayfl_total_s[-1]:.1f} s",
+            flush=True,
+        )
+    ray.shutdown()
+    max_diff = float(np.max(np.abs(w_plain - w_rayfl)))
+    identical = w_plain.tobytes() == w_rayfl.tobytes()
+    np.testing.assert_allclose(w_rayfl, w_plain, rtol=1e-4, atol=1e-5)
+    best_plain = min(min(plain_s), min(plain1_s))
+    ratio = min(rayfl_loop_s) / best_plain
+    out = {
+        "machine": f"{platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"ray {ray.__version__}, python {platform.python_version()}",
+        "iterations": args.iterations,
+        "plain_s": plain_s,
+        "plain_1thread_s": plain1_s,
+        "rayfl_loop_s": rayfl_loop_s,
+        "rayfl_end_to_end_s": rayfl_total_s,
+        "ray_start_s": ray_start_s,
+        "ratio_rayfl_over_plain": ratio,
+        "weights_identical": identical,
+        "max_abs_weight_diff": max_diff,
+    }
+    print(json.dumps(out, indent=2))
+    print(f"ratio rayfl / plain (best of each) = {ratio:.2f} (target <= 1.3)")
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

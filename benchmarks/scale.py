@@ -1,0 +1,140 @@
+"""Scale: many virtual clients on one machine, memory and server time per iteration.
+
+Profile: shards partition (2 shards of 15 samples per client, wrapping over MNIST), K = 100,
+200 iterations, a small MLP (784-32-10), virtual clock. For each N it reports
+
+- the peak memory of the whole Ray session (driver, GCS, raylet, object store, server and
+  worker processes), sampled every 0.5 s: the sum of PSS (shared pages split between the
+  processes that map them: the honest total) and the sum of RSS (counts shared pages once per
+  process: an upper bound);
+- the server's own time per iteration (``sys/server_s``: the iteration minus the time spent
+  waiting for updates), median over the iterations after the first 20;
+- the versions held in the object store at the end.
+
+    python benchmarks/scale.py [--clients 1000 10000 100000] [--iterations 200]
+
+Targets: peak session memory under 4 GB at N = 100,000; server time per iteration flat in N.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+import rayfl
+from rayfl.config import load_config
+
+
+class PeakMemory:
+    """Samples the memory of this process and all its descendants (the Ray session)."""
+
+    def __init__(self, interval_s: float = 0.5):
+        self.interval_s = interval_s
+        self.peak_pss = 0
+        self.peak_rss = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def sample(self) -> tuple[int, int]:
+        me = psutil.Process()
+        pss = rss = 0
+        for p in [me, *me.children(recursive=True)]:
+            try:
+                info = p.memory_full_info()
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+            pss += getattr(info, "pss", info.rss)
+            rss += info.rss
+        return pss, rss
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            pss, rss = self.sample()
+            self.peak_pss = max(self.peak_pss, pss)
+            self.peak_rss = max(self.peak_rss, rss)
+            self._stop.wait(self.interval_s)
+
+    def __enter__(self) -> PeakMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def profile(n: int, iterations: int) -> list[str]:
+    return [
+        "name=scale",
+        f"data.num_clients={n}",
+        "data.partition=shards",
+        "data.shards_per_client=2",
+        "data.shard_size=15",
+        "model.name=mlp",
+        "model.hidden=[32]",
+        "aggregation.k=100",
+        f"iterations={iterations}",
+        f"eval.every={iterations}",
+        "eval.max_samples=1000",
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, nargs="+", default=[1000, 10_000, 100_000])
+    parser.add_argument("--iterations", type=int, default=200)
+    parser.add_argument("--json", help="also write the numbers to this file")
+    args = parser.parse_args()
+    import ray
+
+    rows = []
+    for n in args.clients:
+        # A fresh Ray session per N, so each peak is that N's alone.
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level="ERROR")
+        cfg = load_config("wkafl", profile(n, args.iterations))
+        with PeakMemory() as mem, tempfile.TemporaryDirectory() as tmp:
+            t = time.perf_counter()
+            result = rayfl.run(cfg, output=Path(tmp) / "run", progress=False)
+            wall = time.perf_counter() - t
+            df = result.metrics.to_pandas()
+        ray.shutdown()
+        steady = df.iloc[20:] if len(df) > 40 else df
+        row = {
+            "clients": n,
+            "peak_session_pss_gb": mem.peak_pss / 2**30,
+            "peak_session_rss_gb": mem.peak_rss / 2**30,
+            "server_s_per_iteration_median": float(steady["sys/server_s"].median()),
+            "iteration_s_median": float(steady["sys/iteration_s"].median()),
+            "versions_held_end": int(df["agg/versions_held"].iloc[-1]),
+            "end_to_end_s": wall,
+            "final_accuracy": result.final_accuracy,
+        }
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    out = {
+        "machine": f"{platform.machine()} {os.cpu_count()} cores, "
+        f"{psutil.virtual_memory().total / 2**30:.0f} GiB, ray {ray.__version__}",
+        "iterations": args.iterations,
+        "rows": rows,
+    }
+    print()
+    print(f"{'N':>8} {'peak PSS GB':>12} {'peak RSS GB':>12} {'server ms/it':>13} {'versions':>9}")
+    for r in rows:
+        print(
+            f"{r['clients']:>8} {r['peak_session_pss_gb']:>12.2f} {r['peak_session_rss_gb']:>12.2f} "
+            f"{1000 * r['server_s_per_iteration_median']:>13.2f} {r['versions_held_end']:>9}"
+        )
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
