@@ -24,10 +24,12 @@ __all__ = [
     "load_config",
     "preset_names",
     "run",
+    "tune",
 ]
 
 if TYPE_CHECKING:
     from rayfl.server.driver import RunResult, run
+    from rayfl.tuning import tune
 
 
 def __getattr__(name: str) -> Any:
@@ -36,4 +38,8 @@ def __getattr__(name: str) -> Any:
         from rayfl.server import driver
 
         return getattr(driver, name)
+    if name == "tune":
+        from rayfl.tuning import tune
+
+        return tune
     raise AttributeError(f"module 'rayfl' has no attribute {name!r}")

@@ -48,6 +48,20 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--no-plot", action="store_true", help="do not draw the figures at the end")
     r.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
 
+    t = sub.add_parser("tune", help="search hyperparameters with Ray Tune (tune_configs/*.yaml)")
+    t.add_argument("search", help="a search YAML, e.g. tune_configs/smoke.yaml")
+    t.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a field of the base experiment (repeatable)",
+    )
+    t.add_argument("--address", help="Ray cluster address to connect to")
+    t.add_argument("--storage-path", help="where Tune writes (default: the YAML's storage_path)")
+    t.add_argument("--resume", action="store_true", help="resume an interrupted search")
+
     sub.add_parser("presets", help="list the shipped presets")
 
     pl = sub.add_parser("plot", help="draw a run folder's figures (PNG)")
@@ -61,6 +75,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "run":
             return _run(args)
+        if args.command == "tune":
+            return _tune(args)
         if args.command == "presets":
             return _presets()
         if args.command == "plot":
@@ -129,6 +145,32 @@ def format_summary(summary: dict[str, Any], run_dir: str, n_figures: int = 0) ->
 
 def _fmt(value: Any, spec: str) -> str | None:
     return None if value is None else format(value, spec)
+
+
+def _tune(args: argparse.Namespace) -> int:
+    from rayfl.tuning import load_search, tune
+
+    load_search(args.search, args.overrides)  # bad input fails before Ray starts
+    try:
+        outcome = tune(
+            args.search,
+            args.overrides,
+            address=args.address,
+            resume=args.resume,
+            storage_path=args.storage_path,
+        )
+    except KeyboardInterrupt:
+        print("\nrayfl: interrupted; resume with --resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    trials = outcome.trials
+    cols = [c for c in trials.columns if c.startswith("config/")] + ["objective", "iteration"]
+    top = trials.sort_values("objective", ascending=outcome.mode == "min").head(5)[cols]
+    print()
+    print(f"best trials (objective, {outcome.mode})")
+    print(top.to_string(index=False))
+    print(f"\nresults:     {outcome.path}")
+    print(f"best config: {outcome.path / 'best_config.yaml'}  (rayfl run it unchanged)")
+    return 0
 
 
 def _presets() -> int:

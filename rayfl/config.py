@@ -385,25 +385,34 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
     if "=" not in item:
         raise ConfigError(f"--set {item!r} has no '=': write --set key.path=value")
     path, _, text = item.partition("=")
-    path = path.strip()
     try:
         value = yaml.safe_load(text) if text.strip() else ""
     except yaml.YAMLError:
         value = text
+    set_path(raw, path.strip(), value, where=f"--set {path.strip()}")
+
+
+def set_path(raw: dict[str, Any], path: str, value: Any, where: str | None = None) -> None:
+    """Sets the config field at dotted ``path`` in a raw (YAML) mapping, checking the path exists.
+
+    ``where`` prefixes error messages (default: the path). The value is type-checked later, when
+    the mapping is built into an ``ExperimentConfig``.
+    """
+    where = where or path
     keys = path.split(".")
     if not all(keys):
-        raise ConfigError(f"--set {item!r}: empty key in {path!r}: write --set key.path=value")
+        raise ConfigError(f"{where}: empty key in {path!r}: write key.path=value")
     cls: Any = ExperimentConfig
     node = raw
     for depth, key in enumerate(keys[:-1]):
-        where = ".".join(keys[: depth + 1])
+        prefix = ".".join(keys[: depth + 1])
         if cls is not None:
             fields = {f.name: f for f in dataclasses.fields(cls)}
             if key not in fields:
-                raise ConfigError(_unknown_key(where, key, fields))
+                raise ConfigError(_unknown_key(prefix, key, fields))
             hint = typing.get_type_hints(cls)[key]
             cls = hint if dataclasses.is_dataclass(hint) else None
-            if cls is None and where == "aggregation.rules":
+            if cls is None and prefix == "aggregation.rules":
                 rules = node.get("rules")
                 if rules is None:
                     rules = _default_rules()
@@ -411,14 +420,14 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
                 rule = keys[depth + 1]
                 if rule not in rules:
                     raise ConfigError(
-                        f"--set {path}: rule {rule!r} is not in this experiment's chain "
+                        f"{where}: rule {rule!r} is not in this experiment's chain "
                         f"({', '.join(rules)}): add it in the YAML's aggregation.rules"
                     )
         child = node.get(key)
         if child is None:
             child = {}
         elif not isinstance(child, dict):
-            raise ConfigError(f"--set {path}: {where} is not a mapping")
+            raise ConfigError(f"{where}: {prefix} is not a mapping")
         else:
             child = dict(child)
         node[key] = child

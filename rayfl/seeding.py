@@ -17,6 +17,9 @@ DURATION = 3  # per-job duration noise X ~ Exp(1), keyed by (client, version)
 BATCH = 4  # mini-batch draws, keyed by (client, version)
 EVAL_SUBSET = 5  # the fixed evaluation / validation subset
 PARTITION = 1001  # data partition (rayfl.data.partition)
+INCENTIVE_POPULATION = 20  # private incentive traits (gamma, mu, delta_i, beta_i), keyed by client
+SELECTION = 22  # client selection draws and tie-breaks (rayfl.selection), keyed by round
+EXPERIMENT_B = 23  # bargaining-vs-NBS experiment draws (rayfl.selection.experiment_b), keyed by |C|
 
 
 def rng(seed: int, stream: int, *ids: int) -> np.random.Generator:

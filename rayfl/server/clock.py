@@ -14,6 +14,7 @@ and takes the first K that finish on the cluster (``ray.wait``).
 from __future__ import annotations
 
 import heapq
+import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -24,7 +25,8 @@ from rayfl import seeding
 from rayfl.config import ClockConfig
 from rayfl.server.types import Job
 
-Submit = Callable[[Job, float], Any]  # (job, injected delay in seconds) -> ObjectRef of an Update
+# (job, injected delay in seconds) -> handle (ObjectRef of an Update, 0)
+Submit = Callable[[Job, float], tuple[Any, int]]
 
 
 class SpeedModel:
@@ -50,15 +52,29 @@ class SpeedModel:
 
 
 class VirtualQueue:
-    """Jobs ordered by simulated finish time; computed lazily, ``lookahead`` at a time."""
+    """Jobs ordered by simulated finish time; computed lazily, a window at a time.
 
-    def __init__(self, speed: SpeedModel, submit: Submit, lookahead: int):
+    ``submit_batch(jobs) -> handles`` hands jobs to the workers (one handle per job, in order);
+    ``discard(handle)`` is called for a submitted job that was dropped before it was aggregated.
+    The window holds at least the ``lookahead`` earliest jobs, and every pending job that finishes
+    before the latest submitted one (it will be aggregated before that one anyway).
+    """
+
+    def __init__(
+        self,
+        speed: SpeedModel,
+        submit_batch: Callable[[list[Job]], list[Any]],
+        lookahead: int,
+        discard: Callable[[Any], None] = lambda handle: None,
+    ):
         self.speed = speed
-        self.submit = submit
+        self.submit_batch = submit_batch
+        self.discard = discard
         self.lookahead = lookahead
         self.now = 0.0  # virtual time units
         self._pending: list[Job] = []  # heap of jobs not yet handed to a worker
-        self._submitted: list[tuple[Job, Any]] = []  # heap of (job, ObjectRef)
+        self._submitted: list[tuple[Job, Any]] = []  # heap of (job, handle)
+        self._horizon = -math.inf  # latest finish time ever submitted
         self.current: dict[int, Job] = {}  # client_id -> its live job
 
     def __len__(self) -> int:
@@ -83,22 +99,30 @@ class VirtualQueue:
             if not self._pending and not self._submitted:
                 break
             if self._pending and (not self._submitted or self._pending[0] < self._submitted[0][0]):
-                job = heapq.heappop(self._pending)
-                out.append((job, self.submit(job, 0.0)))
-            else:
-                out.append(heapq.heappop(self._submitted))
+                self.top_up(force=1)  # the earliest job is not submitted yet: submit it now
+                continue
+            out.append(heapq.heappop(self._submitted))
             del self.current[out[-1][0].client_id]
         if out:
             self.now = max(self.now, out[-1][0].finish)
         return out
 
-    def top_up(self) -> None:
-        """Keeps the ``lookahead`` earliest pending jobs submitted, so every worker stays busy."""
+    def top_up(self, force: int = 0) -> None:
+        """Submits the window's pending jobs, earliest first, in as few batches as possible."""
         self._discard_dropped()
-        while len(self._submitted) < self.lookahead and self._pending:
+        batch: list[Job] = []
+        while self._pending and (
+            len(batch) < force
+            or len(self._submitted) + len(batch) < self.lookahead
+            or self._pending[0].finish <= self._horizon
+        ):
             job = heapq.heappop(self._pending)
             if self.current.get(job.client_id) is job:
-                heapq.heappush(self._submitted, (job, self.submit(job, 0.0)))
+                batch.append(job)
+        if batch:
+            for job, handle in zip(batch, self.submit_batch(batch), strict=True):
+                heapq.heappush(self._submitted, (job, handle))
+            self._horizon = max(self._horizon, batch[-1].finish)
 
     def in_flight_versions(self) -> list[int]:
         """The versions live jobs hold (one per client)."""
@@ -113,7 +137,7 @@ class VirtualQueue:
             self._submitted
             and self.current.get(self._submitted[0][0].client_id) is not self._submitted[0][0]
         ):
-            heapq.heappop(self._submitted)
+            self.discard(heapq.heappop(self._submitted)[1])
 
 
 class RealQueue:
@@ -128,7 +152,7 @@ class RealQueue:
         self.time_scale = time_scale  # seconds of injected delay per virtual time unit
         self.start = time.perf_counter()
         self.now = 0.0  # wall seconds since start
-        self._refs: dict[Any, Job] = {}
+        self._refs: dict[Any, tuple[Job, Any]] = {}  # ObjectRef -> (job, handle)
         self.current: dict[int, Job] = {}
 
     def __len__(self) -> int:
@@ -137,14 +161,15 @@ class RealQueue:
     def dispatch(self, client_id: int, version: int) -> Job:
         delay = self.speed.duration(client_id, version) * self.time_scale
         job = Job(time.perf_counter() - self.start, client_id, version)
-        self._refs[self.submit(job, delay)] = job
+        handle = self.submit(job, delay)
+        self._refs[handle[0]] = (job, handle)
         self.current[client_id] = job
         return job
 
     def drop(self, client_id: int) -> Job | None:
         job = self.current.pop(client_id, None)
         if job is not None:
-            for ref, j in list(self._refs.items()):
+            for ref, (j, _) in list(self._refs.items()):
                 if j is job:
                     del self._refs[ref]
                     self._ray.cancel(ref)
@@ -155,9 +180,9 @@ class RealQueue:
         ready, _ = self._ray.wait(refs, num_returns=min(k, len(refs)), fetch_local=True)
         out = []
         for ref in ready:
-            job = self._refs.pop(ref)
+            job, handle = self._refs.pop(ref)
             del self.current[job.client_id]
-            out.append((job, ref))
+            out.append((job, handle))
         self.now = time.perf_counter() - self.start
         return out
 

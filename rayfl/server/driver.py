@@ -11,7 +11,7 @@ import datetime as dt
 import os
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -97,12 +97,45 @@ def ensure_ray(address: str | None = None) -> bool:
     return True
 
 
-def load_data(cfg: ExperimentConfig) -> tuple[Dataset, Partition]:
-    """Loads the data set and partitions it (numpy; no Ray). Raises DataError on bad input."""
+@dataclasses.dataclass(frozen=True)
+class DatasetRefs:
+    """A data set already in the object store (e.g. put once for all the trials of a search)."""
+
+    name: str
+    data_dir: str | None
+    x_train: Any  # ObjectRefs
+    y_train: Any
+    x_test: Any
+    y_test: Any
+    labels: np.ndarray  # (n_train,) int64, a local copy for partitioning
+    input_shape: tuple[int, int, int]
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+def share_dataset(cfg: ExperimentConfig) -> DatasetRefs:
+    """Loads ``cfg``'s data set and puts its arrays in the object store once."""
     ds = load_dataset(cfg.data.dataset, cfg.data.data_dir, cfg.data.download)
+    return DatasetRefs(
+        name=ds.name,
+        data_dir=cfg.data.data_dir,
+        x_train=ray.put(ds.x_train),
+        y_train=ray.put(ds.y_train),
+        x_test=ray.put(ds.x_test),
+        y_test=ray.put(ds.y_test),
+        labels=np.asarray(ds.y_train),
+        input_shape=ds.input_shape,
+        num_classes=ds.num_classes,
+        mean=tuple(ds.mean),
+        std=tuple(ds.std),
+    )
+
+
+def _partition(cfg: ExperimentConfig, labels: np.ndarray) -> Partition:
     d = cfg.data
-    part = partition(
-        ds.y_train,
+    return partition(
+        labels,
         d.partition,
         d.num_clients,
         cfg.seed,
@@ -113,7 +146,12 @@ def load_data(cfg: ExperimentConfig) -> tuple[Dataset, Partition]:
         samples_min=d.samples_min,
         samples_max=d.samples_max,
     )
-    return ds, part
+
+
+def load_data(cfg: ExperimentConfig) -> tuple[Dataset, Partition]:
+    """Loads the data set and partitions it (numpy; no Ray). Raises DataError on bad input."""
+    ds = load_dataset(cfg.data.dataset, cfg.data.data_dir, cfg.data.download)
+    return ds, _partition(cfg, ds.y_train)
 
 
 def put_data(ds: Dataset, part: Partition) -> SharedData:
@@ -159,6 +197,8 @@ def run(
     output: str | os.PathLike | None = None,
     address: str | None = None,
     progress: bool | None = None,
+    dataset: DatasetRefs | None = None,
+    callback: Callable[[list[dict[str, Any]]], None] | None = None,
 ) -> RunResult:
     """Runs one experiment and writes its run folder.
 
@@ -168,6 +208,9 @@ def run(
         output: the run folder; default ``runs/<name>-<timestamp>``.
         address: a Ray cluster to connect to if Ray is not running yet (as ``ray.init``).
         progress: show a progress bar; default when stderr is a terminal.
+        dataset: the data set already in the object store (``share_dataset``); it must be the
+            config's data set. Used by Ray Tune so that trials share one copy.
+        callback: called with each chunk of metric rows as they arrive (e.g. ``tune.report``).
 
     Returns:
         A ``RunResult`` with the run folder, summary and final weights.
@@ -181,7 +224,15 @@ def run(
         if isinstance(config, ExperimentConfig) and not overrides
         else load_config(config, overrides)
     )
-    ds, part = load_data(cfg)  # bad data fails here, before any folder or Ray exists
+    if dataset is not None:
+        if dataset.name != cfg.data.dataset or dataset.data_dir != cfg.data.data_dir:
+            raise RayflError(
+                f"the shared data set is {dataset.name!r}, the config asks for "
+                f"{cfg.data.dataset!r}: do not search over data.dataset or data.data_dir"
+            )
+        ds, part = None, _partition(cfg, dataset.labels)
+    else:
+        ds, part = load_data(cfg)  # bad data fails here, before any folder or Ray exists
     run_dir = prepare_run_dir(Path(output) if output is not None else default_run_dir(cfg))
     atomic_write_bytes(run_dir / CONFIG_FILE, dump_config(cfg).encode())
     started_ray = ensure_ray(address)
@@ -191,7 +242,22 @@ def run(
     t0 = time.perf_counter()
     status = "running"
     try:
-        data = put_data(ds, part)
+        if dataset is not None:
+            data = SharedData(
+                x_train=dataset.x_train,
+                y_train=dataset.y_train,
+                x_test=dataset.x_test,
+                y_test=dataset.y_test,
+                indices=ray.put(part.indices),
+                offsets=ray.put(part.offsets),
+                input_shape=dataset.input_shape,
+                num_classes=dataset.num_classes,
+                mean=dataset.mean,
+                std=dataset.std,
+            )
+        else:
+            assert ds is not None
+            data = put_data(ds, part)
         del ds, part  # the object store holds the arrays now
         server_cls = ray.remote(KAsyncServer).options(
             num_cpus=cfg.server.num_cpus, num_gpus=cfg.server.num_gpus, max_concurrency=1
@@ -216,6 +282,8 @@ def run(
             chunk = _get(calls.pop(0))
             request()
             log.extend(chunk["metrics"], chunk["updates"])
+            if callback is not None:
+                callback(chunk["metrics"])
             bar.update(len(chunk["metrics"]))
             _postfix(bar, log)
             if time.perf_counter() - last_flush > 5.0 or any(

@@ -31,6 +31,7 @@ from rayfl.server.types import Job
 from rayfl.training import Normalizer, evaluate
 
 WORKER_START_TIMEOUT_S = 300.0
+MAX_BATCH = 16  # jobs per actor call (virtual clock)
 
 
 class KAsyncServer:
@@ -89,7 +90,7 @@ class KAsyncServer:
                 "; lower them or client.num_workers"
             ) from None
         self._outstanding = [0] * len(self.workers)  # jobs submitted and not yet consumed
-        self._worker_of: dict[Any, int] = {}  # ObjectRef -> index of the worker computing it
+        self._batches: dict[Any, list[Any]] = {}  # ObjectRef -> [results, jobs left, worker]
 
         # --- versions in the object store, ref-counted by live jobs ---
         self.versions: dict[int, list[Any]] = {}  # version -> [ObjectRef, live job count]
@@ -105,9 +106,11 @@ class KAsyncServer:
         )
         if cfg.clock.kind == "virtual":
             lookahead = cfg.clock.lookahead or max(2 * self.k, 4 * len(self.workers))
-            self.queue: VirtualQueue | RealQueue = VirtualQueue(speed, self._submit, lookahead)
+            self.queue: VirtualQueue | RealQueue = VirtualQueue(
+                speed, self._submit_batch, lookahead, discard=self._consume
+            )
         else:
-            self.queue = RealQueue(speed, self._submit, cfg.clock.time_scale)
+            self.queue = RealQueue(speed, self._submit_one, cfg.clock.time_scale)
         for client_id in range(n):
             self._dispatch(client_id, 0)
         self.queue.top_up()
@@ -130,12 +133,51 @@ class KAsyncServer:
         if entry[1] == 0 and version != self.t:
             del self.versions[version]  # no live job holds it: the object store frees it
 
-    def _submit(self, job: Job, delay_s: float) -> Any:
-        i = min(range(len(self.workers)), key=self._outstanding.__getitem__)
+    def _least_busy(self) -> int:
+        return min(range(len(self.workers)), key=self._outstanding.__getitem__)
+
+    def _submit_one(self, job: Job, delay_s: float) -> Any:
+        """Real clock: one actor call per job, so ``ray.wait`` sees each job finish."""
+        i = self._least_busy()
         self._outstanding[i] += 1
         ref = self.workers[i].compute.remote(job, self.versions[job.version][0], delay_s)
-        self._worker_of[ref] = i
-        return ref
+        self._batches[ref] = [None, 1, i]
+        return (ref, 0)
+
+    def _submit_batch(self, jobs: list[Job]) -> list[Any]:
+        """Virtual clock: jobs (in finish order) go out in a few batches, one per busy worker."""
+        size = max(1, min(MAX_BATCH, math.ceil(len(jobs) / len(self.workers))))
+        handles: list[Any] = []
+        for start in range(0, len(jobs), size):
+            part = jobs[start : start + size]
+            versions = sorted({j.version for j in part})
+            slot = {v: n for n, v in enumerate(versions)}
+            i = self._least_busy()
+            self._outstanding[i] += len(part)
+            ref = self.workers[i].compute_batch.remote(
+                [(j, slot[j.version]) for j in part], *(self.versions[v][0] for v in versions)
+            )
+            self._batches[ref] = [None, len(part), i]
+            handles += [(ref, n) for n in range(len(part))]
+        return handles
+
+    def _consume(self, handle: Any) -> None:
+        """A job's result was used or dropped: free the batch once all its jobs are."""
+        entry = self._batches[handle[0]]
+        entry[1] -= 1
+        self._outstanding[entry[2]] -= 1
+        if entry[1] == 0:
+            del self._batches[handle[0]]
+
+    def _resolve(self, handles: list[Any]) -> list[Any]:
+        """The Updates behind job handles, fetching each batch once."""
+        missing = list({h[0] for h in handles if self._batches[h[0]][0] is None})
+        for ref, value in zip(missing, ray.get(missing), strict=True):
+            self._batches[ref][0] = value if isinstance(value, list) else [value]
+        updates = [self._batches[ref][0][n] for ref, n in handles]
+        for h in handles:
+            self._consume(h)
+        return updates
 
     # --- the loop -----------------------------------------------------------------------------
 
@@ -159,10 +201,9 @@ class KAsyncServer:
         taken = self.queue.take(self.k)
         self.queue.top_up()  # keep every worker busy while we wait and aggregate
         waited = time.perf_counter()
-        updates = ray.get([ref for _, ref in taken])
+        updates = self._resolve([handle for _, handle in taken])
         wait_s = time.perf_counter() - waited
-        for job, ref in taken:
-            self._outstanding[self._worker_of.pop(ref)] -= 1
+        for job, _ in taken:
             self._release(job.version)
 
         # --- aggregate: the rule chain makes g_t and eta_t ---
