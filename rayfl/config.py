@@ -198,6 +198,11 @@ class AggregationConfig:
     """eta, the server's base learning rate."""
     rules: dict[str, Any] = dataclasses.field(default_factory=_default_rules)
     """Ordered rule chain {rule_name: {param: value}}; see rayfl.aggregation.RULES."""
+    control: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """Control rules {adaptive_k: {...}, remodel: {...}, judgement: {...}}; empty = fixed K."""
+    staleness: Literal["true", "nominal"] = "true"
+    """true: a client computes on the version it received; nominal: on the newest version
+    (the public WKAFL code), staleness then only enters the weights and the lr (spec section 7)."""
 
     def __post_init__(self) -> None:
         _positive("aggregation.k", self.k)
@@ -210,6 +215,9 @@ class AggregationConfig:
         from rayfl.aggregation import build_rules
 
         build_rules(self.rules)  # raises ConfigError naming aggregation.rules.<rule>.<param>
+        from rayfl.aggregation.control import build_controls
+
+        build_controls(self.control)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -222,9 +230,12 @@ class EvalConfig:
     """Evaluate on a fixed seeded subset of this size; null = the whole test set."""
     batch_size: int = 1000
     """Evaluation batch size."""
+    validation_samples: int = 1000
+    """Size of judgement's fixed seeded validation subset of the test set."""
 
     def __post_init__(self) -> None:
         _positive("eval.every", self.every)
+        _positive("eval.validation_samples", self.validation_samples)
         _positive("eval.batch_size", self.batch_size)
         if self.max_samples is not None:
             _positive("eval.max_samples", self.max_samples)
@@ -270,6 +281,10 @@ class ExperimentConfig:
         if self.seed < 0:
             raise ConfigError(f"seed={self.seed} is negative: use a seed >= 0")
         _positive("iterations", self.iterations)
+        if self.aggregation.staleness == "nominal" and self.clock.kind != "virtual":
+            raise ConfigError(
+                "aggregation.staleness=nominal needs clock.kind=virtual: use staleness true"
+            )
         if self.aggregation.k > self.data.num_clients:
             raise ConfigError(
                 f"aggregation.k={self.aggregation.k} exceeds data.num_clients="
@@ -371,7 +386,7 @@ def _resolve_extends(raw: dict[str, Any], seen: tuple[str, ...]) -> dict[str, An
 
 
 def _merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
-    """Deep-merges ``top`` over ``base``; a rule chain (aggregation.rules) is replaced whole."""
+    """Deep-merges ``top`` over ``base``; rule chains (aggregation.rules, .control) are replaced whole."""
     out = dict(base)
     for key, value in top.items():
         if key != "rules" and isinstance(value, Mapping) and isinstance(out.get(key), Mapping):

@@ -98,8 +98,10 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
 
 
-def _fail(rule: str, param: str, value: Any, problem: str, fix: str) -> NoReturn:
-    raise ConfigError(f"aggregation.rules.{rule}.{param}={value!r} {problem}: {fix}")
+def _fail(
+    rule: str, param: str, value: Any, problem: str, fix: str, section: str = "rules"
+) -> NoReturn:
+    raise ConfigError(f"aggregation.{section}.{rule}.{param}={value!r} {problem}: {fix}")
 
 
 def _real(
@@ -111,25 +113,26 @@ def _real(
     low: float | None = None,
     high: float | None = None,
     low_open: bool = False,
+    section: str = "rules",
 ) -> float:
     """Checks a real parameter (an int is fine, a bool is not) lies in [low, high] (or (low, high])."""
     if not _is_real(value):
-        _fail(rule, param, value, f"must be a number, got {type(value).__name__}", fix)
+        _fail(rule, param, value, f"must be a number, got {type(value).__name__}", fix, section)
     v = float(value)
     if not math.isfinite(v):
-        _fail(rule, param, value, "must be finite", fix)
+        _fail(rule, param, value, "must be finite", fix, section)
     if low is not None and (v <= low if low_open else v < low):
-        _fail(rule, param, value, f"must be {'>' if low_open else '>='} {low:g}", fix)
+        _fail(rule, param, value, f"must be {'>' if low_open else '>='} {low:g}", fix, section)
     if high is not None and v > high:
-        _fail(rule, param, value, f"must be <= {high:g}", fix)
+        _fail(rule, param, value, f"must be <= {high:g}", fix, section)
     return v
 
 
-def _int(rule: str, param: str, value: Any, *, fix: str, low: int) -> int:
+def _int(rule: str, param: str, value: Any, *, fix: str, low: int, section: str = "rules") -> int:
     if not _is_int(value):
-        _fail(rule, param, value, f"must be an integer, got {type(value).__name__}", fix)
+        _fail(rule, param, value, f"must be an integer, got {type(value).__name__}", fix, section)
     if value < low:
-        _fail(rule, param, value, f"must be >= {low}", fix)
+        _fail(rule, param, value, f"must be >= {low}", fix, section)
     return int(value)
 
 

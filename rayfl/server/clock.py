@@ -66,8 +66,10 @@ class VirtualQueue:
         submit_batch: Callable[[list[Job]], list[Any]],
         lookahead: int,
         discard: Callable[[Any], None] = lambda handle: None,
+        eager: bool = True,
     ):
         self.speed = speed
+        self.eager = eager  # False: submit a job only when it is aggregated (staleness: nominal)
         self.submit_batch = submit_batch
         self.discard = discard
         self.lookahead = lookahead
@@ -113,8 +115,13 @@ class VirtualQueue:
         batch: list[Job] = []
         while self._pending and (
             len(batch) < force
-            or len(self._submitted) + len(batch) < self.lookahead
-            or self._pending[0].finish <= self._horizon
+            or (
+                self.eager
+                and (
+                    len(self._submitted) + len(batch) < self.lookahead
+                    or self._pending[0].finish <= self._horizon
+                )
+            )
         ):
             job = heapq.heappop(self._pending)
             if self.current.get(job.client_id) is job:
@@ -143,9 +150,16 @@ class VirtualQueue:
 class RealQueue:
     """In-flight ObjectRefs on the real cluster; the first K to finish are aggregated."""
 
-    def __init__(self, speed: SpeedModel, submit: Submit, time_scale: float):
+    def __init__(
+        self,
+        speed: SpeedModel,
+        submit: Submit,
+        time_scale: float,
+        discard: Callable[[Any], None] = lambda handle: None,
+    ):
         import ray  # only the real clock needs ray.wait here
 
+        self.discard = discard
         self._ray = ray
         self.speed = speed
         self.submit = submit
@@ -169,10 +183,11 @@ class RealQueue:
     def drop(self, client_id: int) -> Job | None:
         job = self.current.pop(client_id, None)
         if job is not None:
-            for ref, (j, _) in list(self._refs.items()):
+            for ref, (j, handle) in list(self._refs.items()):
                 if j is job:
                     del self._refs[ref]
-                    self._ray.cancel(ref)
+                    self._ray.cancel(ref)  # stop it if it has not run; its result is dropped
+                    self.discard(handle)
         return job
 
     def take(self, k: int) -> list[tuple[Job, Any]]:

@@ -12,6 +12,7 @@ chunks, so it can show progress and write results while the server works.
 
 from __future__ import annotations
 
+import heapq
 import math
 import time
 from typing import Any
@@ -22,6 +23,7 @@ import torch
 
 from rayfl import seeding
 from rayfl.aggregation import build_rules, final_direction, start_step
+from rayfl.aggregation.control import Decision, Feedback, build_controls, decide
 from rayfl.clients.worker import SharedData, make_pool
 from rayfl.config import ExperimentConfig
 from rayfl.errors import RayflError
@@ -63,6 +65,12 @@ class KAsyncServer:
         self.previous_direction: np.ndarray | None = None
         self.rule = build_rules(cfg.aggregation.rules)
         self.rule_state = self.rule.init()
+        self.controls = build_controls(cfg.aggregation.control)
+        self.control_state = [c.init(self.k) for _, c in self.controls]
+        self._by_version: list[tuple[int, int, float]] = []  # (version, client, finish) heap
+        self.maintained = 0  # candidates rejected by judgement
+        self.remodels = 0  # clients resent by remodel
+        self.wasted_jobs = 0  # submitted jobs dropped before aggregation
 
         # --- evaluation data: the test set, or a fixed seeded subset of it ---
         x_test, y_test = ray.get([data.x_test, data.y_test])
@@ -73,6 +81,11 @@ class KAsyncServer:
             pick.sort()
             x_test, y_test = x_test[pick], y_test[pick]
         self.x_eval, self.y_eval = x_test, y_test
+        # Judgement's validation set: a fixed seeded subset of the test set (spec section 6).
+        n_val = min(cfg.eval.validation_samples, len(y_test))
+        pick = seeding.rng(cfg.seed, seeding.VALIDATION).choice(len(y_test), n_val, replace=False)
+        pick.sort()
+        self.x_val, self.y_val = x_test[pick], y_test[pick]
         self.normalize = Normalizer(data.mean, data.std, self.device)
 
         # --- worker pool ---
@@ -107,10 +120,16 @@ class KAsyncServer:
         if cfg.clock.kind == "virtual":
             lookahead = cfg.clock.lookahead or max(2 * self.k, 4 * len(self.workers))
             self.queue: VirtualQueue | RealQueue = VirtualQueue(
-                speed, self._submit_batch, lookahead, discard=self._consume
+                speed,
+                self._submit_batch,
+                lookahead,
+                discard=self._discard,
+                eager=cfg.aggregation.staleness == "true",
             )
         else:
-            self.queue = RealQueue(speed, self._submit_one, cfg.clock.time_scale)
+            self.queue = RealQueue(
+                speed, self._submit_one, cfg.clock.time_scale, discard=self._discard
+            )
         for client_id in range(n):
             self._dispatch(client_id, 0)
         self.queue.top_up()
@@ -125,7 +144,21 @@ class KAsyncServer:
 
     def _dispatch(self, client_id: int, version: int) -> None:
         self.versions[version][1] += 1
-        self.queue.dispatch(client_id, version)
+        job = self.queue.dispatch(client_id, version)
+        if self.controls:
+            heapq.heappush(self._by_version, (version, client_id, job.finish))
+
+    def _clients_older_than(self, version: int) -> list[int]:
+        """Live clients whose job is on a version < ``version`` (O(found * log N), not O(N))."""
+        found: list[tuple[int, int, float]] = []
+        while self._by_version and self._by_version[0][0] < version:
+            entry = heapq.heappop(self._by_version)
+            job = self.queue.current.get(entry[1])
+            if job is not None and job.version == entry[0] and job.finish == entry[2]:
+                found.append(entry)
+        for entry in found:  # they stay live until the caller resends them
+            heapq.heappush(self._by_version, entry)
+        return [c for _, c, _ in found]
 
     def _release(self, version: int) -> None:
         entry = self.versions[version]
@@ -150,16 +183,27 @@ class KAsyncServer:
         handles: list[Any] = []
         for start in range(0, len(jobs), size):
             part = jobs[start : start + size]
-            versions = sorted({j.version for j in part})
+            versions = sorted({self._compute_version(j) for j in part})
             slot = {v: n for n, v in enumerate(versions)}
             i = self._least_busy()
             self._outstanding[i] += len(part)
             ref = self.workers[i].compute_batch.remote(
-                [(j, slot[j.version]) for j in part], *(self.versions[v][0] for v in versions)
+                [(j, slot[self._compute_version(j)]) for j in part],
+                *(self.versions[v][0] for v in versions),
             )
             self._batches[ref] = [None, len(part), i]
             handles += [(ref, n) for n in range(len(part))]
         return handles
+
+    def _discard(self, handle: Any) -> None:
+        """A submitted job was dropped (remodel) before aggregation: its compute is wasted."""
+        self.wasted_jobs += 1
+        self._consume(handle)
+
+    def _compute_version(self, job: Job) -> int:
+        """The version a job computes on: its own, or with ``staleness: nominal`` the newest
+        (the public WKAFL code's behaviour: staleness only enters the weights and the lr)."""
+        return job.version if self.cfg.aggregation.staleness == "true" else self.t
 
     def _consume(self, handle: Any) -> None:
         """A job's result was used or dropped: free the batch once all its jobs are."""
@@ -217,15 +261,47 @@ class KAsyncServer:
         )
         step, self.rule_state = self.rule.update(step, self.rule_state)
         direction = final_direction(step)
-        self.w = (self.w - np.float32(step.lr) * direction).astype(np.float32, copy=False)
-        self.previous_direction = direction
-        self.t = t + 1
+        candidate = (self.w - np.float32(step.lr) * direction).astype(np.float32, copy=False)
         self.updates_aggregated += len(updates)
 
-        # --- send w_{t+1} to the K clients that just reported ---
+        # --- control rules: judgement, remodel, adaptive K (AKAFL-RJ sections 4-6) ---
+        decision = Decision()
+        if self.controls:
+            cache: list[float] = []
+
+            def evaluate_candidate() -> float:
+                if not cache:
+                    cache.append(self._accuracy(candidate, self.x_val, self.y_val))
+                return cache[0]
+
+            feedback = Feedback(
+                iteration=t,
+                iterations=self.cfg.iterations,
+                k=len(updates),
+                loss=step.metrics["train/loss"],
+                clients_older_than=self._clients_older_than,
+                evaluate=evaluate_candidate,
+            )
+            decision, self.control_state = decide(self.controls, self.control_state, feedback)
+        if decision.keep_previous:
+            self.maintained += 1  # judgement: w_{t+1} = w_t
+        else:
+            self.w = candidate
+            self.previous_direction = direction
+        self.t = t + 1
+
+        # --- send w_{t+1} to the K clients that just reported, and to remodelled ones ---
         self._put_version(self.t, self.w)
         for u in updates:
             self._dispatch(u.client_id, self.t)
+        for client_id in decision.resend:
+            old = self.queue.drop(client_id)
+            if old is not None:
+                self._release(old.version)
+                self.remodels += 1
+            self._dispatch(client_id, self.t)
+        if decision.k is not None:
+            self.k = min(max(1, decision.k), self.cfg.data.num_clients)
         self.queue.top_up()
         stale = self.t - 1
         if stale in self.versions and self.versions[stale][1] == 0:
@@ -239,7 +315,11 @@ class KAsyncServer:
             "agg/k": len(updates),
             "agg/lr": step.lr,
             "agg/versions_held": len(self.versions),
+            "agg/remodels": float(len(decision.resend)),
+            "agg/kept_previous": float(decision.keep_previous),
+            "sys/wasted_jobs": self.wasted_jobs,
             **step.metrics,
+            **decision.metrics,
         }
         row["sys/iteration_s"] = time.perf_counter() - tick
         row["sys/server_s"] = row["sys/iteration_s"] - wait_s
@@ -261,6 +341,10 @@ class KAsyncServer:
         return row, update_rows
 
     # --- evaluation and state -----------------------------------------------------------------
+
+    def _accuracy(self, w: np.ndarray, x: np.ndarray, y: np.ndarray) -> float:
+        set_flat(self.model, w)
+        return evaluate(self.model, x, y, self.normalize, self.cfg.eval.batch_size)[0]
 
     def evaluate(self) -> tuple[float, float]:
         """(accuracy, loss) of the current global model on the evaluation set."""
@@ -285,6 +369,9 @@ class KAsyncServer:
             "num_parameters": int(self.w.size),
             "iteration": self.t,
             "updates_aggregated": self.updates_aggregated,
+            "maintained": self.maintained,
+            "remodels": self.remodels,
+            "wasted_jobs": self.wasted_jobs,
             "versions_held": len(self.versions),
             "device": str(self.device),
         }

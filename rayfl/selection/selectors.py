@@ -1,0 +1,488 @@
+"""Client selection for synchronous FedAvg rounds: random, pow-d and the incentive mechanism.
+
+Pure selection logic (no training, no Ray) for the incentive spec of record
+(``specs/incentive.md``):
+
+- :func:`select_random`: M clients uniformly (section 9);
+- :func:`select_pow_d`: power-of-choice (Cho, Wang and Joshi, AISTATS 2022; section 9);
+- :func:`select_incentive`: the J-KICS incentive round, sections 2, 4, 5 and 6: cap
+  announcement, minimum-reward bids, cheapest-first selection, decomposed alternating-offers
+  bargaining, additional selection with the pooled leftover, and the budget carried over.
+
+M(t) = max(1, floor(K * n(t))) with K a fraction (section 1): :func:`num_selected`.
+
+The client side runs behind callbacks, so the Ray layer can compute it inside the client workers:
+``bids_fn(client_ids, cap) -> [Bid]`` and ``replies_fn(offers, cap) -> [Offer | Response]`` for the
+incentive round, ``losses_fn(candidate_ids) -> [LossReport]`` for pow-d. The server-side code
+here sees only those message types (anything else is a TypeError): never a loss (except pow-d's
+reports, by its design), a data size, a cost or a bargaining parameter of a client.
+
+Randomness (candidate draws, tie-breaks) comes only from the ``rng`` argument; the loop derives it
+as ``seeding.rng(seed, seeding.SELECTION, round)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from rayfl.selection.bargaining import (
+    BargainParams,
+    _config_int,
+    _config_real,
+    ape_from_log,
+    params_from,
+    server_accepts,
+    server_offer_price,
+)
+from rayfl.selection.messages import (
+    Bid,
+    BidsFn,
+    LossReport,
+    Offer,
+    RepliesFn,
+    Reply,
+    Response,
+)
+
+_FLOOR_SLACK = 1e-9  # floor(K * n) with K * n = 28.999999999999996 for K = 0.29, n = 100 is 29
+
+LossesFn = Callable[[Sequence[int]], Sequence[LossReport]]
+"""pow-d: (candidate ids) -> their LossReports (computed by the clients on w(t))."""
+
+
+# --- helpers ---------------------------------------------------------------------------------------
+
+
+def num_selected(k_fraction: float, n: int) -> int:
+    """M(t) = max(1, floor(K * n(t))) (section 1), K a fraction in (0, 1].
+
+    >>> num_selected(0.1, 100), num_selected(0.1, 5), num_selected(0.29, 100)
+    (10, 1, 29)
+    """
+    k = _config_real(
+        "selection.k_fraction",
+        k_fraction,
+        low=0.0,
+        high=1.0,
+        low_open=True,
+        fix="use a fraction of the available clients in (0, 1], e.g. 0.1",
+    )
+    return max(1, math.floor(k * int(n) + _FLOOR_SLACK))
+
+
+def _client_ids(available: Sequence[int] | np.ndarray) -> np.ndarray:
+    ids = np.asarray(available, dtype=np.int64).reshape(-1)
+    if (ids < 0).any():
+        raise ValueError("client ids must be >= 0")
+    if np.unique(ids).size != ids.size:
+        raise ValueError("available client ids must be distinct")
+    return ids
+
+
+def _random_order(keys: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Indices sorting ``keys`` ascending, ties broken uniformly at random."""
+    perm = rng.permutation(keys.size)
+    return perm[np.argsort(keys[perm], kind="stable")]
+
+
+# --- random and pow-d ------------------------------------------------------------------------------
+
+
+def select_random(
+    available: Sequence[int] | np.ndarray, m: int, rng: np.random.Generator
+) -> np.ndarray:
+    """M clients drawn uniformly without replacement (section 9), in draw order.
+
+    m larger than the number of available clients is clamped to it.
+
+    >>> select_random([3, 5, 7], 5, np.random.default_rng(0)).size
+    3
+    """
+    ids = _client_ids(available)
+    if int(m) < 1:
+        raise ValueError(f"m={m} must be >= 1")
+    return rng.choice(ids, size=min(int(m), ids.size), replace=False)
+
+
+@dataclasses.dataclass(frozen=True)
+class PowDRound:
+    """One pow-d selection: the d candidates, their reported losses, and the M selected."""
+
+    selected: np.ndarray  # (M,) int64, highest loss first
+    candidates: np.ndarray  # (d,) int64, in draw order
+    losses: np.ndarray  # (d,) float64, aligned with candidates
+
+
+def select_pow_d(
+    sizes: Sequence[int] | np.ndarray,
+    losses_fn: LossesFn,
+    d: int,
+    m: int,
+    rng: np.random.Generator,
+    *,
+    available: Sequence[int] | np.ndarray | None = None,
+) -> PowDRound:
+    """pow-d (Cho, Wang, Joshi 2022; spec section 9): d candidates by size, then the M lossiest.
+
+    Draws d candidates without replacement with probability proportional to |D_i| (successive
+    draws, renormalised over the clients not yet drawn), asks them for F_i(w(t)) through
+    ``losses_fn``, and keeps the m with the highest loss (ties broken uniformly at random).
+
+    d larger than the number of available clients with |D_i| > 0 is clamped to that number (pow-d
+    then ranks every such client), and so is m. pow-d reveals each candidate's loss to the server
+    by design (:class:`~rayfl.selection.messages.LossReport`).
+
+    Args:
+        sizes: (N,) |D_i| of every client, indexed by client id.
+        losses_fn: (candidate ids) -> one LossReport per candidate.
+        d: candidates per round (paper: 16), >= 1.
+        m: clients to select, 1 <= m <= d.
+        rng: the round's generator.
+        available: the available client ids (default: all N).
+
+    Raises:
+        ConfigError: d < 1 or d < m (``selection.d``).
+        TypeError: ``losses_fn`` returned something other than LossReports.
+    """
+    d = _config_int("selection.d", d, low=1, fix="use at least M candidates, e.g. 16")
+    if int(m) < 1:
+        raise ValueError(f"m={m} must be >= 1")
+    if d < int(m):
+        _config_int(
+            "selection.d", d, low=int(m), fix=f"pow-d picks M={m} among d candidates: use d >= M"
+        )
+    sizes = np.asarray(sizes, dtype=np.float64).reshape(-1)
+    if (sizes < 0).any() or not np.isfinite(sizes).all():
+        raise ValueError("data sizes must be finite and >= 0")
+    ids = np.arange(sizes.size) if available is None else _client_ids(available)
+    if ids.size and ids.max() >= sizes.size:
+        raise ValueError(f"client id {ids.max()} has no data size (N={sizes.size})")
+    ids = ids[sizes[ids] > 0]  # a client with no data cannot be drawn
+    if ids.size == 0:
+        raise ValueError("pow-d: no available client holds data")
+    d_eff = min(d, ids.size)
+    p = sizes[ids] / sizes[ids].sum()
+    candidates = rng.choice(ids, size=d_eff, replace=False, p=p)
+
+    reports = losses_fn([int(i) for i in candidates])
+    by_id: dict[int, float] = {}
+    for r in reports:
+        if not isinstance(r, LossReport):
+            raise TypeError(f"pow-d expects LossReport messages, got {type(r).__name__}")
+        if r.client_id in by_id or r.client_id not in set(candidates.tolist()):
+            raise ValueError(f"unexpected or repeated LossReport from client {r.client_id}")
+        if not math.isfinite(r.loss):
+            raise ValueError(f"client {r.client_id} reported loss={r.loss!r}")
+        by_id[int(r.client_id)] = float(r.loss)
+    if len(by_id) != d_eff:
+        raise ValueError(f"pow-d: {d_eff} candidates but {len(by_id)} loss reports")
+    losses = np.array([by_id[int(i)] for i in candidates])
+    order = _random_order(-losses, rng)
+    return PowDRound(candidates[order[: min(int(m), d_eff)]], candidates, losses)
+
+
+# --- the incentive round ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class IncentiveRound:
+    """The server's record of one incentive round: only what the server itself knows.
+
+    Per selected client (arrays aligned, in selection order): its bid, the cap it bargained under,
+    the payment, the steps and the *server's* realised normalised utility (a client's own
+    utility depends on private numbers the server never sees).
+    """
+
+    budget: float  # R(t) = R_S + r(t-1), reward units
+    m: int  # M(t)
+    selected: np.ndarray  # (|C|,) int64 client ids
+    bids: np.ndarray  # (|C|,) R_{i,S}
+    caps: np.ndarray  # (|C|,) R_{S,i} of the pass that selected the client
+    payments: np.ndarray  # (|C|,) agreed x_i
+    steps: np.ndarray  # (|C|,) int64, A_i
+    server_utility: np.ndarray  # (|C|,) delta_S^A (cap - x) / (cap - bid); 0 at zero surplus
+    carried: float  # r(t): unspent, carried to the next round
+    announced_caps: tuple[float, ...]  # the cap of each pass: R / M, then R' = L / (M - |C|)
+    num_bids: tuple[int, ...]  # bids received per pass
+    num_candidates: tuple[int, ...]  # |C'| per pass
+    disagreed: np.ndarray  # ids whose bargaining broke down (or who broke it off)
+    log_nash_product: float  # log NP (separable) of the bargain over clients with surplus > 0
+    log_nash_product_nbs: float  # log NP of the exact separable NBS, same clients
+    ape: float  # percent; NaN when no selected client had a positive surplus
+
+    @property
+    def leftover(self) -> np.ndarray:
+        """r_i = R_{S,i} - x_i, (|C|,)."""
+        return self.caps - self.payments
+
+    @property
+    def skipped(self) -> bool:
+        """True when nobody was selected: no training this round, R(t) carried over whole."""
+        return self.selected.size == 0
+
+    def metrics(self) -> dict[str, float]:
+        """Scalars to log per round, prefixed ``incentive/``."""
+        return {
+            "incentive/budget": self.budget,
+            "incentive/m": float(self.m),
+            "incentive/selected": float(self.selected.size),
+            "incentive/payments": float(math.fsum(self.payments)),
+            "incentive/leftover": float(math.fsum(self.leftover)),
+            "incentive/carried": self.carried,
+            "incentive/passes": float(len(self.announced_caps)),
+            "incentive/steps_mean": float(self.steps.mean()) if self.steps.size else math.nan,
+            "incentive/server_utility": float(math.fsum(self.server_utility)),
+            "incentive/log_nash_product": self.log_nash_product,
+            "incentive/log_nash_product_nbs": self.log_nash_product_nbs,
+            "incentive/ape": self.ape,
+            "incentive/skipped": float(self.skipped),
+        }
+
+
+def _received_bids(bids: Sequence[Any], asked: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(client ids, amounts) of the bids; only Bid messages from asked clients, at most one each."""
+    asked_set = set(asked.tolist())
+    ids: list[int] = []
+    amounts: list[float] = []
+    for b in bids:
+        if not isinstance(b, Bid):
+            raise TypeError(
+                f"the server accepts only Bid messages during selection, got {type(b).__name__}"
+            )
+        if b.client_id not in asked_set or b.client_id in ids:
+            raise ValueError(f"unexpected or repeated bid from client {b.client_id}")
+        if not (math.isfinite(b.amount) and b.amount >= 0):
+            raise ValueError(f"client {b.client_id} bid amount={b.amount!r}: must be >= 0")
+        ids.append(int(b.client_id))
+        amounts.append(float(b.amount))
+    return np.array(ids, dtype=np.int64), np.array(amounts, dtype=np.float64)
+
+
+def _received_replies(replies: Sequence[Any], offers: Sequence[Offer]) -> list[Reply]:
+    """The reply to each offer, in offer order; only Offer or Response messages, one per offer."""
+    by_id: dict[int, Reply] = {}
+    for r in replies:
+        if not isinstance(r, (Offer, Response)):
+            raise TypeError(
+                f"the server accepts only Offer or Response messages while bargaining, got "
+                f"{type(r).__name__}"
+            )
+        if r.client_id in by_id:
+            raise ValueError(f"client {r.client_id} replied twice")
+        by_id[r.client_id] = r
+    out = []
+    for o in offers:
+        r = by_id.pop(o.client_id, None)
+        if r is None:
+            raise ValueError(f"client {o.client_id} did not reply to the offer at step {o.step}")
+        want = o.step if isinstance(r, Response) else o.step + 1
+        if r.step != want:
+            raise ValueError(f"client {o.client_id} replied at step {r.step}, expected {want}")
+        if isinstance(r, Offer) and not math.isfinite(r.price):
+            raise ValueError(f"client {o.client_id} counter-offered price={r.price!r}")
+        out.append(r)
+    if by_id:
+        raise ValueError(f"replies from clients that were not offered anything: {sorted(by_id)}")
+    return out
+
+
+def _bargain_with(
+    ids: np.ndarray,
+    bids: np.ndarray,
+    cap: float,
+    params: BargainParams,
+    replies_fn: RepliesFn,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The server's side of section 5 with each of ``ids``, run as a message exchange.
+
+    Each loop turn is one step pair: the server's k-th offers (step 2k) go out; each client
+    accepts, counters (step 2k + 1; the server accepts it iff U_S >= T_S(k + 1)), or breaks off.
+    Gives the same prices and steps as :func:`~rayfl.selection.bargaining.bargain` with the
+    clients' private parameters, without the server knowing them.
+
+    Returns:
+        (price, steps, agreed), each (len(ids),); price is NaN and steps max_steps + 1 where the
+        bargaining broke down for lack of agreement by ``params.max_steps``.
+    """
+    n = ids.size
+    price = np.full(n, np.nan)
+    steps = np.full(n, params.max_steps + 1, dtype=np.int64)
+    agreed = np.zeros(n, dtype=bool)
+    active = np.arange(n)
+    k = 0
+    while active.size and 2 * k <= params.max_steps:
+        # --- the server's k-th offers, at step 2k ---
+        offered = server_offer_price(k, cap, bids[active], params.beta_s)  # (len(active),)
+        offers = [Offer(int(ids[j]), 2 * k, float(x)) for j, x in zip(active, offered, strict=True)]
+        replies = _received_replies(replies_fn(offers, cap), offers)
+
+        # --- the clients' answers: accept, break off, or counter ---
+        countered: list[int] = []
+        asks: list[float] = []
+        for j, offer, reply in zip(active, offers, replies, strict=True):
+            if isinstance(reply, Response):
+                steps[j] = offer.step
+                agreed[j] = reply.accept
+                price[j] = offer.price if reply.accept else np.nan
+            else:
+                countered.append(int(j))
+                asks.append(reply.price)
+        if not countered or 2 * k + 1 > params.max_steps:
+            break
+        # --- the server answers the counter-offers (step 2k + 1) ---
+        cj = np.array(countered)
+        ask = np.array(asks)
+        ok = server_accepts(ask, k, cap, bids[cj], params.beta_s)
+        agreed[cj[ok]] = True
+        price[cj[ok]] = ask[ok]
+        steps[cj[ok]] = 2 * k + 1
+        active = cj[~ok]
+        k += 1
+    return price, steps, agreed
+
+
+def select_incentive(
+    available: Sequence[int] | np.ndarray,
+    budget_carry: float,
+    per_round_budget: float,
+    k_fraction: float,
+    bids_fn: BidsFn,
+    replies_fn: RepliesFn,
+    bargain_params: BargainParams | Any,
+    rng: np.random.Generator,
+) -> IncentiveRound:
+    """One round of the incentive mechanism (spec sections 2, 4, 5 and 6), server side.
+
+    1. Budget R(t) = R_S + r(t-1); M(t) = max(1, floor(K n(t))); cap R_{S,i} = R(t) / M(t),
+       announced to every available client, which answers with a :class:`Bid` (``bids_fn``).
+    2. Candidates C' = {i : bid_i <= cap}; if |C'| > M, the M cheapest (ties at random).
+    3. One alternating-offers bargaining per selected client (:class:`Offer`/:class:`Response`
+       through ``replies_fn``); the agreed x_i is paid, r_i = cap - x_i.
+    4. Additional selection: while slots remain, pool L = sum r_i + (M - |C|) R / M (= R(t) minus
+       the payments so far), announce R' = L / (M - |C|) to the clients not yet selected and
+       repeat 2-3; stop when no new client qualifies, nobody is left, or after M repetitions.
+    5. r(t) = L, carried to the next round.
+
+    A client whose bargaining broke down (no agreement within ``max_steps``, or it broke off) is
+    not asked again this round. An empty candidate set in the first pass skips the round
+    (nobody selected) and carries the whole R(t) over.
+
+    Args:
+        available: the n(t) available client ids.
+        budget_carry: r(t-1) >= 0, the previous round's ``carried``.
+        per_round_budget: R_S > 0 (``incentive.budget``, default 10.0).
+        k_fraction: K in (0, 1] (``selection.k_fraction``, default 0.1).
+        bids_fn: (client ids, cap) -> Bids, computed by the clients (e.g.
+            :meth:`~rayfl.selection.messages.LocalClients.bids`).
+        replies_fn: (offers, cap) -> one Offer or Response per offer, computed by the clients.
+        bargain_params: beta_S, delta_S, max_steps (:class:`BargainParams` or any object with
+            those attributes).
+        rng: the round's generator, for the tie-breaks.
+
+    Raises:
+        ConfigError: per_round_budget <= 0 (``incentive.budget``) or K outside (0, 1].
+        TypeError: a callback returned anything but Bid / Offer / Response messages.
+    """
+    r_s = _config_real(
+        "incentive.budget",
+        per_round_budget,
+        low=0.0,
+        low_open=True,
+        fix="use a per-round reward budget > 0, e.g. 10.0",
+    )
+    if not (math.isfinite(budget_carry) and budget_carry >= 0):
+        raise ValueError(f"budget_carry={budget_carry!r} must be >= 0 (last round's carried)")
+    params = params_from(bargain_params)
+    ids = _client_ids(available)
+    budget = r_s + float(budget_carry)  # R(t)
+    m = num_selected(k_fraction, ids.size)
+
+    sel_ids: list[np.ndarray] = []
+    sel_bids: list[np.ndarray] = []
+    sel_caps: list[np.ndarray] = []
+    sel_price: list[np.ndarray] = []
+    sel_steps: list[np.ndarray] = []
+    disagreed: list[np.ndarray] = []
+    caps: list[float] = []
+    n_bids: list[int] = []
+    n_cand: list[int] = []
+    pool = budget  # L: what is not yet paid
+    slots = m  # M - |C|
+    remaining = ids  # not yet selected, not yet bargained with
+    for _ in range(m + 1):  # sections 4-5 once, then at most M repetitions of section 6
+        if slots == 0 or remaining.size == 0:
+            break
+        # --- announce the cap, collect the bids ---
+        cap = pool / slots
+        bid_ids, amounts = _received_bids(bids_fn([int(i) for i in remaining], cap), remaining)
+        caps.append(cap)
+        n_bids.append(int(bid_ids.size))
+        qualifies = amounts <= cap
+        n_cand.append(int(qualifies.sum()))
+        if not qualifies.any():
+            break
+        # --- cheapest first, at most the open slots ---
+        c_ids, c_bids = bid_ids[qualifies], amounts[qualifies]
+        order = _random_order(c_bids, rng)[:slots]
+        c_ids, c_bids = c_ids[order], c_bids[order]
+        # --- one bargaining per chosen client ---
+        price, steps, agreed = _bargain_with(c_ids, c_bids, cap, params, replies_fn)
+        sel_ids.append(c_ids[agreed])
+        sel_bids.append(c_bids[agreed])
+        sel_caps.append(np.full(int(agreed.sum()), cap))
+        sel_price.append(price[agreed])
+        sel_steps.append(steps[agreed])
+        disagreed.append(c_ids[~agreed])
+        # --- pool the leftover for the next pass ---
+        pool = max(0.0, budget - math.fsum(np.concatenate(sel_price).tolist()))
+        slots -= int(agreed.sum())
+        remaining = remaining[~np.isin(remaining, c_ids)]
+
+    def _cat(parts: list[np.ndarray], dtype: Any) -> np.ndarray:
+        return np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype=dtype)
+
+    selected = _cat(sel_ids, np.int64)
+    bids = _cat(sel_bids, np.float64)
+    caps_sel = _cat(sel_caps, np.float64)
+    payments = _cat(sel_price, np.float64)
+    steps_sel = _cat(sel_steps, np.int64)
+
+    # --- what the server knows of the outcome: its own utility, the Nash products ---
+    surplus = caps_sel - bids
+    pos = surplus > 0
+    u_server = np.zeros(selected.size)
+    u_server[pos] = np.power(params.delta_s, steps_sel[pos]) * (
+        (caps_sel[pos] - payments[pos]) / surplus[pos]
+    )
+    if pos.any():
+        with np.errstate(divide="ignore"):
+            log_np = float(
+                np.sum(np.log(payments[pos] - bids[pos]) + np.log(caps_sel[pos] - payments[pos]))
+            )
+        log_nbs = float(np.sum(2.0 * np.log(0.5 * surplus[pos])))
+        err = float(ape_from_log(log_np, log_nbs))
+    else:
+        log_np = log_nbs = err = math.nan
+    return IncentiveRound(
+        budget=budget,
+        m=m,
+        selected=selected,
+        bids=bids,
+        caps=caps_sel,
+        payments=payments,
+        steps=steps_sel,
+        server_utility=u_server,
+        carried=pool,
+        announced_caps=tuple(caps),
+        num_bids=tuple(n_bids),
+        num_candidates=tuple(n_cand),
+        disagreed=_cat(disagreed, np.int64),
+        log_nash_product=log_np,
+        log_nash_product_nbs=log_nbs,
+        ape=err,
+    )
