@@ -1,6 +1,9 @@
 """The ``rayfl`` command line.
 
     rayfl run [PRESET_OR_YAML] [--set key.path=value ...] [--output DIR] [--address ADDR]
+    rayfl tune SEARCH_YAML [--set ...] [--address ADDR] [--resume]
+    rayfl reproduce akafl|incentive [--quick] [--seeds N] [--output DIR] [--address ADDR]
+    rayfl cluster check [PRESET_OR_YAML] [--address ADDR]
     rayfl presets
     rayfl plot RUN_DIR [--out DIR]
 
@@ -62,6 +65,20 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--storage-path", help="where Tune writes (default: the YAML's storage_path)")
     t.add_argument("--resume", action="store_true", help="resume an interrupted search")
 
+    rp = sub.add_parser("reproduce", help="reproduce a paper's experiments (tables and figures)")
+    rp.add_argument("name", help="akafl | incentive")
+    rp.add_argument("--quick", action="store_true", help="a small version (minutes; used in CI)")
+    rp.add_argument("--seeds", type=int, help="seeds per configuration (default: the paper's)")
+    rp.add_argument("--output", "-o", help="output folder (default: reproduce/<name>-<timestamp>)")
+    rp.add_argument("--address", help="Ray cluster address to connect to")
+    rp.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+    cl = sub.add_parser("cluster", help="inspect the Ray cluster")
+    cl.add_argument("action", choices=["check"], help="check: nodes, GPUs and worker placement")
+    cl.add_argument("config", nargs="?", default="akafl-rj", help="preset name or YAML path")
+    cl.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    cl.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or auto)")
+
     sub.add_parser("presets", help="list the shipped presets")
 
     pl = sub.add_parser("plot", help="draw a run folder's figures (PNG)")
@@ -77,6 +94,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run(args)
         if args.command == "tune":
             return _tune(args)
+        if args.command == "reproduce":
+            return _reproduce(args)
+        if args.command == "cluster":
+            return _cluster(args)
         if args.command == "presets":
             return _presets()
         if args.command == "plot":
@@ -170,6 +191,40 @@ def _tune(args: argparse.Namespace) -> int:
     print(top.to_string(index=False))
     print(f"\nresults:     {outcome.path}")
     print(f"best config: {outcome.path / 'best_config.yaml'}  (rayfl run it unchanged)")
+    return 0
+
+
+def _reproduce(args: argparse.Namespace) -> int:
+    import datetime as dt
+    from pathlib import Path
+
+    from rayfl.reproduce import get
+
+    fn = get(args.name)
+    if args.seeds is not None and args.seeds < 1:
+        raise RayflError(f"--seeds={args.seeds} is below 1: use 1 or more seeds")
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    out = Path(args.output or f"reproduce/{args.name}{'-quick' if args.quick else ''}-{stamp}")
+    try:
+        table = fn(
+            out,
+            quick=args.quick,
+            seeds=args.seeds,
+            address=args.address,
+            progress=False if args.no_progress else None,
+        )
+    except KeyboardInterrupt:
+        print(f"\nrayfl: interrupted; the results so far are in {out}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    print(Path(table).read_text())
+    print(f"results: {out}")
+    return 0
+
+
+def _cluster(args: argparse.Namespace) -> int:
+    from rayfl.cluster import check
+
+    print(check(args.config, args.overrides, address=args.address))
     return 0
 
 

@@ -1,0 +1,32 @@
+"""``rayfl reproduce NAME``: the papers' experiments as commands.
+
+Each entry is ``module:function`` with the signature
+``reproduce(output: Path, *, quick: bool, seeds: int | None, address: str | None,
+progress: bool | None) -> Path`` that writes its tables (markdown) and figures (PNG) into
+``output`` and returns the path of the main table.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from rayfl.errors import ConfigError
+
+REPRODUCTIONS = {
+    "akafl": "rayfl.reproduce.akafl:reproduce",
+    "incentive": "rayfl.reproduce.incentive:reproduce",
+}
+
+
+def get(name: str) -> Callable[..., Path]:
+    """The reproduce function for ``name``; ConfigError naming the choices otherwise."""
+    if name not in REPRODUCTIONS:
+        raise ConfigError(
+            f"reproduction {name!r} does not exist: use one of {', '.join(REPRODUCTIONS)}"
+        )
+    module, func = REPRODUCTIONS[name].split(":")
+    fn: Any = getattr(importlib.import_module(module), func)
+    return fn
