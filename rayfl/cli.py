@@ -1,6 +1,7 @@
 """The ``rayfl`` command line.
 
     rayfl run [PRESET_OR_YAML] [--set key.path=value ...] [--output DIR] [--address ADDR]
+    rayfl run --resume RUN_DIR [--set iterations=N]
     rayfl tune SEARCH_YAML [--set ...] [--address ADDR] [--resume]
     rayfl reproduce akafl|incentive [--quick] [--seeds N] [--output DIR] [--address ADDR]
     rayfl cluster check [PRESET_OR_YAML] [--address ADDR]
@@ -16,10 +17,12 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from rayfl.errors import RayflError
 
+DEFAULT_PRESET = "akafl-rj"
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 
@@ -33,7 +36,10 @@ def _parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="run an experiment from a preset or a YAML file")
     r.add_argument(
-        "config", nargs="?", default="wkafl", help="preset name (see `rayfl presets`) or YAML path"
+        "config",
+        nargs="?",
+        default=None,
+        help="preset name (see `rayfl presets`) or YAML path (default: akafl-rj)",
     )
     r.add_argument(
         "--set",
@@ -46,6 +52,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--output", "-o", help="run folder (default: runs/<name>-<timestamp>)")
     r.add_argument(
         "--address", help="Ray cluster address to connect to (default: start a local Ray)"
+    )
+    r.add_argument(
+        "--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint"
     )
     r.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     r.add_argument("--no-plot", action="store_true", help="do not draw the figures at the end")
@@ -112,22 +121,39 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     from rayfl.config import dump_config, load_config
 
-    cfg = load_config(args.config, args.overrides)
+    if args.resume is not None:
+        if args.config is not None or args.output is not None:
+            raise RayflError(
+                "--resume continues the run folder's own config: drop the config and --output "
+                "arguments (use --set to change e.g. iterations)"
+            )
+        from rayfl.server.driver import read_checkpoint
+
+        run_dir = args.resume
+        read_checkpoint(Path(run_dir))  # not a run, or no checkpoint: one line, before Ray
+        cfg = load_config(str(Path(run_dir) / "config.yaml"), args.overrides)
+    else:
+        cfg = load_config(args.config or DEFAULT_PRESET, args.overrides)
     if args.print_config:
         print(dump_config(cfg), end="")
         return 0
     from rayfl.server.driver import default_run_dir, run
 
-    run_dir = args.output or str(default_run_dir(cfg))
+    if args.resume is None:
+        run_dir = args.output or str(default_run_dir(cfg))
     try:
         result = run(
             cfg,
-            output=run_dir,
+            overrides=args.overrides if args.resume else (),
+            output=None if args.resume else run_dir,
+            resume=args.resume,
             address=args.address,
             progress=False if args.no_progress else None,
         )
     except KeyboardInterrupt:
-        print(f"\nrayfl: interrupted; the results so far are in {run_dir}", file=sys.stderr)
+        resumable = (Path(run_dir) / "checkpoint.pkl").is_file()
+        hint = f"; resume with: rayfl run --resume {run_dir}" if resumable else ""
+        print(f"\nrayfl: interrupted; the results so far are in {run_dir}{hint}", file=sys.stderr)
         return EXIT_INTERRUPTED
     figures: list[Any] = []
     if not args.no_plot:
@@ -196,7 +222,6 @@ def _tune(args: argparse.Namespace) -> int:
 
 def _reproduce(args: argparse.Namespace) -> int:
     import datetime as dt
-    from pathlib import Path
 
     from rayfl.reproduce import get
 

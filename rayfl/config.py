@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import importlib.resources
+import math
 import re
 import types
 import typing
@@ -121,6 +122,12 @@ class ClientConfig:
     """CPUs reserved per worker actor (fractions allowed)."""
     num_gpus: float = 0.0
     """GPUs reserved per worker actor (fractions such as 0.25 pack 4 workers on a GPU)."""
+    max_restarts: int = 3
+    """Times Ray restarts a worker actor that died (killed process, OOM); its jobs are
+    re-dispatched to the live workers meanwhile. -1 = without limit."""
+    faults: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """Fault injection for robustness experiments: {client_ids: [...], kind: nan | inf | huge |
+    shape | dtype}: those clients send broken updates (the server must reject them)."""
 
     def __post_init__(self) -> None:
         _positive("client.batch_size", self.batch_size)
@@ -135,11 +142,33 @@ class ClientConfig:
                 f"client.num_gpus={self.num_gpus} is invalid: use 0, a fraction like 0.25, "
                 "or a whole number of GPUs"
             )
+        if self.max_restarts < -1:
+            raise ConfigError(
+                f"client.max_restarts={self.max_restarts} is invalid: use -1 (no limit) or >= 0"
+            )
+        _check_faults(self.faults)
         if self.num_cpus == 0 and self.num_gpus == 0 and self.num_workers is None:
             raise ConfigError(
                 "client.num_cpus and client.num_gpus are both 0: reserve some resource per "
                 "worker or set client.num_workers"
             )
+
+
+FAULT_KINDS = ("nan", "inf", "huge", "shape", "dtype")
+
+
+def _check_faults(faults: Mapping[str, Any]) -> None:
+    if not faults:
+        return
+    unknown = set(faults) - {"client_ids", "kind"}
+    if unknown:
+        raise ConfigError(
+            f"client.faults.{sorted(unknown)[0]} is not a field: use client_ids and kind"
+        )
+    ids = faults.get("client_ids")
+    if not isinstance(ids, list) or not all(isinstance(i, int) and i >= 0 for i in ids):
+        raise ConfigError("client.faults.client_ids must be a list of client ids, e.g. [3, 7]")
+    _one_of("client.faults.kind", faults.get("kind"), FAULT_KINDS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -200,6 +229,9 @@ class AggregationConfig:
     """Ordered rule chain {rule_name: {param: value}}; see rayfl.aggregation.RULES."""
     control: dict[str, Any] = dataclasses.field(default_factory=dict)
     """Control rules {adaptive_k: {...}, remodel: {...}, judgement: {...}}; empty = fixed K."""
+    max_update_norm: float | None = 1.0e6
+    """Updates with a larger L2 norm (or NaN/inf, or the wrong shape/dtype) are rejected before
+    aggregation and counted (agg/rejected); null = no norm check."""
     staleness: Literal["true", "nominal"] = "true"
     """true: a client computes on the version it received; nominal: on the newest version
     (the public WKAFL code), staleness then only enters the weights and the lr (spec section 7)."""
@@ -207,6 +239,8 @@ class AggregationConfig:
     def __post_init__(self) -> None:
         _positive("aggregation.k", self.k)
         _positive("aggregation.lr", self.lr)
+        if self.max_update_norm is not None:
+            _positive("aggregation.max_update_norm", self.max_update_norm)
         if not self.rules:
             raise ConfigError(
                 "aggregation.rules is empty: list at least one rule, e.g. {mean: {}, "
@@ -256,6 +290,97 @@ class ServerConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class SelectionConfig:
+    """Who trains in a synchronous round (``mode: sync``; incentive spec sections 1, 4 and 9)."""
+
+    kind: Literal["random", "pow-d", "incentive"] = "random"
+    """random (M clients uniformly) | pow-d (Cho et al. 2022) | incentive (bids and bargaining)."""
+    k_fraction: float = 0.1
+    """K in (0, 1]: M(t) = max(1, floor(K * n(t))) clients per round; K * n < 1 selects 1."""
+    d: int = 16
+    """pow-d: candidates drawn per round (by data size), M <= d <= data.num_clients."""
+    epochs: int = 1
+    """E, local epochs per round (SGD with client.batch_size and client.local_lr)."""
+    loss_batches: int = 2
+    """pow-d and incentive: F_i(w(t)) is the mean loss on this many local mini-batches."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.k_fraction <= 1.0:
+            raise ConfigError(
+                f"selection.k_fraction={self.k_fraction} is outside (0, 1]: use a fraction of "
+                "the clients, e.g. 0.1"
+            )
+        _positive("selection.d", self.d)
+        _positive("selection.epochs", self.epochs)
+        _positive("selection.loss_batches", self.loss_batches)
+
+
+@dataclasses.dataclass(frozen=True)
+class IncentiveConfig:
+    """The incentive mechanism's constants (incentive spec sections 2, 3, 5 and 8)."""
+
+    budget: float = 10.0
+    """R_S, the reward budget added each round (> 0); the unspent part carries over."""
+    beta_s: float = 0.002
+    """beta_S > 0, the server's concession per offer."""
+    delta_s: float = 0.95
+    """delta_S in [0, 1), the server's discount factor per bargaining step (announced)."""
+    max_steps: int = 10_000
+    """Bargaining steps 0..max_steps; no agreement by then breaks that bargaining off."""
+    beta_i_low: float = 0.0019
+    """Clients' concession rates beta_i ~ U(beta_i_low, beta_i_high), > 0."""
+    beta_i_high: float = 0.0021
+    """Upper end of beta_i."""
+    delta_i_low: float = 0.94
+    """Clients' discount factors delta_i ~ U(delta_i_low, delta_i_high), inside (0, 1)."""
+    delta_i_high: float = 0.96
+    """Upper end of delta_i."""
+    gamma_mean: float = 1.0
+    """Loss sensitivity gamma_i ~ N(mean, std) truncated to > 0."""
+    gamma_std: float = 0.3
+    """Standard deviation of gamma_i."""
+    mu_mean: float = 1.0
+    """Training-time sensitivity mu_i ~ N(mean, std) truncated to > 0."""
+    mu_std: float = 0.3
+    """Standard deviation of mu_i."""
+    c_comp: float = 0.001
+    """Client computation cost per sample and epoch (cost phi_i)."""
+    c_comm: float = 0.1
+    """Client communication cost per round."""
+    c_s: float = 0.05
+    """Server communication cost per selected client (section 8, reporting only)."""
+    gain_scale: float = 100.0
+    """lambda: server gain per unit of accuracy gained (section 8, reporting only)."""
+
+    def __post_init__(self) -> None:
+        from rayfl.selection import BargainParams, BidParams, PopulationParams
+
+        if not self.budget > 0:
+            raise ConfigError(
+                f"incentive.budget={self.budget} must be > 0: use a per-round reward, e.g. 10.0"
+            )
+        BargainParams(self.beta_s, self.delta_s, self.max_steps)  # names incentive.beta_s, ...
+        PopulationParams(
+            **{f: getattr(self, f) for f in _POPULATION_FIELDS}
+        )  # names incentive.beta_i_low, incentive.delta_i_high, ...
+        BidParams(1, self.c_comp, self.c_comm)
+        if self.c_s < 0:
+            raise ConfigError(f"incentive.c_s={self.c_s} is negative: use a cost >= 0, e.g. 0.05")
+
+
+_POPULATION_FIELDS = (
+    "gamma_mean",
+    "gamma_std",
+    "mu_mean",
+    "mu_std",
+    "delta_i_low",
+    "delta_i_high",
+    "beta_i_low",
+    "beta_i_high",
+)
+
+
+@dataclasses.dataclass(frozen=True)
 class ExperimentConfig:
     """One experiment: everything needed to reproduce a run from its seed."""
 
@@ -265,6 +390,8 @@ class ExperimentConfig:
     """The run's seed; every random draw derives from it."""
     iterations: int = 1000
     """T, the number of server iterations (aggregations)."""
+    checkpoint_every: int = 100
+    """Write a resumable checkpoint (checkpoint.pkl) every this many iterations; 0 = never."""
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     client: ClientConfig = dataclasses.field(default_factory=ClientConfig)
@@ -272,6 +399,11 @@ class ExperimentConfig:
     aggregation: AggregationConfig = dataclasses.field(default_factory=AggregationConfig)
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
     server: ServerConfig = dataclasses.field(default_factory=ServerConfig)
+    mode: Literal["async", "sync"] = "async"
+    """async: the K-async engine; sync: synchronous FedAvg rounds (rayfl.rounds), iterations =
+    rounds, clients picked by ``selection``."""
+    selection: SelectionConfig = dataclasses.field(default_factory=SelectionConfig)
+    incentive: IncentiveConfig = dataclasses.field(default_factory=IncentiveConfig)
 
     def __post_init__(self) -> None:
         if not re.match(r"^[\w.-]+$", self.name):
@@ -281,11 +413,17 @@ class ExperimentConfig:
         if self.seed < 0:
             raise ConfigError(f"seed={self.seed} is negative: use a seed >= 0")
         _positive("iterations", self.iterations)
+        if self.checkpoint_every < 0:
+            raise ConfigError(
+                f"checkpoint_every={self.checkpoint_every} is negative: use 0 (never) or more"
+            )
         if self.aggregation.staleness == "nominal" and self.clock.kind != "virtual":
             raise ConfigError(
                 "aggregation.staleness=nominal needs clock.kind=virtual: use staleness true"
             )
-        if self.aggregation.k > self.data.num_clients:
+        if self.mode == "sync":
+            _check_sync(self)
+        elif self.aggregation.k > self.data.num_clients:
             raise ConfigError(
                 f"aggregation.k={self.aggregation.k} exceeds data.num_clients="
                 f"{self.data.num_clients}: lower aggregation.k or add clients"
@@ -299,6 +437,24 @@ class ExperimentConfig:
     def from_dict(cls, raw: Mapping[str, Any]) -> ExperimentConfig:
         """Builds and validates a config from a nested mapping (as read from YAML)."""
         return _build(cls, raw, "")
+
+
+def _check_sync(cfg: ExperimentConfig) -> None:
+    """Cross-field checks of a synchronous run (pow-d's d against N and M)."""
+    sel, n = cfg.selection, cfg.data.num_clients
+    if sel.kind != "pow-d":
+        return
+    if sel.d > n:
+        raise ConfigError(
+            f"selection.d={sel.d} exceeds data.num_clients={n}: pow-d draws d distinct "
+            f"candidates, use d <= {n}"
+        )
+    m = max(1, math.floor(sel.k_fraction * n + 1e-9))
+    if sel.d < m:
+        raise ConfigError(
+            f"selection.d={sel.d} is below M={m} (selection.k_fraction * data.num_clients): "
+            f"pow-d picks M among d candidates, use d >= {m}"
+        )
 
 
 # --- loading ----------------------------------------------------------------------------------

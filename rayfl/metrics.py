@@ -24,6 +24,7 @@ UPDATES_FILE = "updates.parquet"
 SUMMARY_FILE = "summary.json"
 CONFIG_FILE = "config.yaml"
 MODEL_FILE = "model.pt"
+CHECKPOINT_FILE = "checkpoint.pkl"
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -60,6 +61,18 @@ class RunLog:
     def extend(self, metrics: Iterable[dict[str, Any]], updates: Iterable[dict[str, Any]]) -> None:
         self.metrics.extend(metrics)
         self.updates.extend(updates)
+
+    def load(self, before_iteration: int) -> None:
+        """Reads the rows already in the run folder (a resumed run), up to ``before_iteration``."""
+        for name, rows in ((METRICS_FILE, self.metrics), (UPDATES_FILE, self.updates)):
+            path = self.run_dir / name
+            if path.is_file():
+                rows[:] = [
+                    r for r in pq.read_table(path).to_pylist() if r["iteration"] < before_iteration
+                ]
+                for r in rows:  # Parquet wrote missing keys as nulls: drop them again
+                    for key in [k for k, v in r.items() if v is None]:
+                        del r[key]
 
     def flush(self) -> None:
         """Rewrites metrics.parquet and updates.parquet with everything so far."""

@@ -118,9 +118,9 @@ def test_fractional_gpus_pack_four_workers_per_gpu(ray_session, tmp_path):
         "tiny", ["client.num_gpus=0.25", "client.num_cpus=0.25", "client.num_workers=5"]
     )
     data = rayfl.server.driver.share_data(five)
-    workers = make_pool(five, data, max_concurrency=4)
+    workers = make_pool(five, max_concurrency=4)
     try:
-        refs = [w.info.remote() for w in workers]
+        refs = [w.attach.remote(data) for w in workers]
         ready, pending = ray_session.wait(refs, num_returns=4, timeout=120)
         assert len(ready) == 4 and len(pending) == 1
         late, _ = ray_session.wait(pending, timeout=3)

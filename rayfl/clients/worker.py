@@ -24,6 +24,8 @@ import torch
 from rayfl.config import ExperimentConfig
 from rayfl.errors import ConfigError
 from rayfl.models import build_model
+from rayfl.rounds.client import RoundClients, RoundUpdate
+from rayfl.selection import Bid, LossReport, Offer, Response
 from rayfl.server.types import Job, Update
 from rayfl.training import UpdateComputer
 
@@ -47,26 +49,35 @@ class SharedData:
 class ClientWorker:
     """Computes client updates; wrap with ``ray.remote`` (see ``make_pool``)."""
 
-    def __init__(
-        self,
-        index: int,
-        cfg: ExperimentConfig,
-        data: SharedData,
-        x: np.ndarray,
-        y: np.ndarray,
-        indices: np.ndarray,
-        offsets: np.ndarray,
-    ):
-        # x, y, indices, offsets arrive as top-level ObjectRefs, which Ray resolves to read-only
-        # numpy views of the node's shared object store: no copy per worker or per client.
+    def __init__(self, index: int, cfg: ExperimentConfig):
+        # The constructor takes no ObjectRefs: Ray can restart a dead worker from these small
+        # arguments alone, and the server then calls ``attach`` again.
         self.index = index
+        self.cfg = cfg
         gpu_ids = ray.get_gpu_ids()
         if gpu_ids and torch.cuda.is_available():
-            device = torch.device("cuda")
+            self.device = torch.device("cuda")
         else:
-            device = torch.device("cpu")
+            self.device = torch.device("cpu")
             torch.set_num_threads(max(1, math.floor(cfg.client.num_cpus) or 1))
-        self.device = device
+        self.computer: UpdateComputer | None = None
+        # One compute thread: jobs run one at a time, in the order they were submitted.
+        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+        self._faulty = frozenset(cfg.client.faults.get("client_ids", ()))
+        self._fault_kind = cfg.client.faults.get("kind")
+        # Synchronous rounds (rayfl.rounds): the client side, whose private numbers stay here.
+        self._rounds = RoundClients(self.computer, cfg) if cfg.mode == "sync" else None
+
+    async def attach(self, data: SharedData) -> dict[str, Any]:
+        """Maps the shared data and builds the model; returns ``info()``.
+
+        A numpy array from the object store is a read-only view of the node's shared memory: no
+        copy per worker or per client.
+        """
+        x, y, indices, offsets = await asyncio.gather(
+            data.x_train, data.y_train, data.indices, data.offsets
+        )
+        cfg = self.cfg
         model = build_model(cfg.model, data.input_shape, data.num_classes, cfg.seed)
         self.computer = UpdateComputer(
             model,
@@ -80,10 +91,16 @@ class ClientWorker:
             local_steps=cfg.client.local_steps,
             local_lr=cfg.client.local_lr,
             seed=cfg.seed,
-            device=device,
+            device=self.device,
         )
-        # One compute thread: jobs run one at a time, in the order they were submitted.
-        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+        return self.info()
+
+    def _update(self, job: Job, weights: np.ndarray) -> Update:
+        assert self.computer is not None, "attach() first"
+        vector, loss = self.computer.compute(job.client_id, job.version, weights)
+        if job.client_id in self._faulty:
+            vector = corrupt(vector, self._fault_kind)
+        return Update(job.client_id, job.version, vector, loss, self.index)
 
     def info(self) -> dict[str, Any]:
         """Where this worker runs: node id, pid, device, assigned GPU ids."""
@@ -101,10 +118,7 @@ class ClientWorker:
         if delay_s > 0:
             await asyncio.sleep(delay_s)  # injected straggler delay: others compute meanwhile
         loop = asyncio.get_running_loop()
-        vector, loss = await loop.run_in_executor(
-            self._executor, self.computer.compute, job.client_id, job.version, weights
-        )
-        return Update(job.client_id, job.version, vector, loss, self.index)
+        return await loop.run_in_executor(self._executor, self._update, job, weights)
 
     async def compute_batch(
         self, jobs: list[tuple[Job, int]], *weights: np.ndarray
@@ -117,13 +131,64 @@ class ClientWorker:
         loop = asyncio.get_running_loop()
 
         def work() -> list[Update]:
-            out = []
-            for job, i in jobs:
-                vector, loss = self.computer.compute(job.client_id, job.version, weights[i])
-                out.append(Update(job.client_id, job.version, vector, loss, self.index))
-            return out
+            return [self._update(job, weights[i]) for job, i in jobs]
 
         return await loop.run_in_executor(self._executor, work)
+
+
+    # --- synchronous rounds (incentive spec): what leaves a worker is only these messages ---
+
+    async def _in_thread(self, fn: Any, *args: Any) -> Any:
+        if self._rounds is None:
+            raise RuntimeError("round methods need a config with mode: sync")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def train_round(
+        self, client_ids: list[int], t: int, weights: np.ndarray
+    ) -> list[RoundUpdate]:
+        """Trains each client E local epochs from w(t); its new weights, loss and |D_i|."""
+        return await self._in_thread(self._rounds.train, client_ids, t, weights)  # type: ignore[union-attr]
+
+    async def round_losses(
+        self, client_ids: list[int], t: int, weights: np.ndarray
+    ) -> list[LossReport]:
+        """pow-d: each candidate's F_i(w(t)), computed here on its local data."""
+        return await self._in_thread(self._rounds.loss_reports, client_ids, t, weights)  # type: ignore[union-attr]
+
+    async def round_bids(
+        self, client_ids: list[int], cap: float, t: int, weights: np.ndarray
+    ) -> list[Bid]:
+        """Incentive: each client's bid under ``cap``; its loss and costs stay here."""
+        return await self._in_thread(self._rounds.bids, client_ids, cap, t, weights)  # type: ignore[union-attr]
+
+    async def round_replies(self, offers: list[Offer], cap: float) -> list[Offer | Response]:
+        """Incentive: each client's accept / counter-offer to the server's offer."""
+        return await self._in_thread(self._rounds.replies, offers, cap)  # type: ignore[union-attr]
+
+    async def round_utilities(
+        self, client_ids: list[int], payments: list[float], t: int, weights: np.ndarray
+    ) -> list[float]:
+        """The simulator's records only (never the selection): realised u_i of paid clients."""
+        return await self._in_thread(self._rounds.utilities, client_ids, payments, t, weights)  # type: ignore[union-attr]
+
+
+def corrupt(vector: np.ndarray, kind: str) -> np.ndarray:
+    """A broken copy of ``vector`` (``client.faults``): what a faulty or malicious client sends."""
+    if kind == "nan":
+        out = vector.copy()
+        out[0] = np.nan
+        return out
+    if kind == "inf":
+        out = vector.copy()
+        out[-1] = np.inf
+        return out
+    if kind == "huge":
+        return vector * np.float32(1e12) + np.float32(1e6)
+    if kind == "shape":
+        return vector[:-1].copy()
+    if kind == "dtype":
+        return vector.astype(np.float64)
+    raise ValueError(f"unknown fault kind {kind!r}")
 
 
 def pool_size(cfg: ExperimentConfig, resources: dict[str, float]) -> int:
@@ -151,22 +216,21 @@ def pool_size(cfg: ExperimentConfig, resources: dict[str, float]) -> int:
     return min(n, cfg.data.num_clients)
 
 
-def make_pool(cfg: ExperimentConfig, data: SharedData, max_concurrency: int) -> list[Any]:
-    """Starts the worker actors and waits until they are ready."""
+def make_pool(cfg: ExperimentConfig, max_concurrency: int) -> list[Any]:
+    """Starts the worker actors (call ``attach(data)`` on each before sending jobs)."""
     n = pool_size(cfg, ray.cluster_resources())
     actor_cls = ray.remote(ClientWorker)
     options: dict[str, Any] = {
         "num_cpus": cfg.client.num_cpus,
         "num_gpus": cfg.client.num_gpus,
         "max_concurrency": max_concurrency,
+        # A dead worker is restarted by Ray; its failed calls raise at once (no retry) so that
+        # the server re-dispatches their jobs to the live workers meanwhile.
+        "max_restarts": cfg.client.max_restarts,
+        "max_task_retries": 0,
     }
     if ray.util.get_current_placement_group() is None:
         # Spread workers over the nodes; inside a placement group (a Tune trial) they stay in
         # the group's bundles instead.
         options["scheduling_strategy"] = "SPREAD"
-    return [
-        actor_cls.options(**options).remote(
-            i, cfg, data, data.x_train, data.y_train, data.indices, data.offsets
-        )
-        for i in range(n)
-    ]
+    return [actor_cls.options(**options).remote(i, cfg) for i in range(n)]

@@ -89,6 +89,13 @@ class VirtualQueue:
         self.current[client_id] = job
         return job
 
+    def restore(self, job: Job, now: float) -> Job:
+        """Puts a checkpointed live job back (same finish time); ``now`` is the saved clock."""
+        self.now = now
+        heapq.heappush(self._pending, job)
+        self.current[job.client_id] = job
+        return job
+
     def drop(self, client_id: int) -> Job | None:
         """Forgets a client's live job (remodel); it is skipped when it surfaces. Returns it."""
         return self.current.pop(client_id, None)
@@ -179,6 +186,10 @@ class RealQueue:
         self._refs[handle[0]] = (job, handle)
         self.current[client_id] = job
         return job
+
+    def restore(self, job: Job, now: float) -> Job:
+        """Real clock: a checkpointed client starts its job on the same version again."""
+        return self.dispatch(job.client_id, job.version)
 
     def drop(self, client_id: int) -> Job | None:
         job = self.current.pop(client_id, None)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import os
+import pickle
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -26,6 +27,7 @@ from rayfl.config import ExperimentConfig, dump_config, load_config
 from rayfl.data import Dataset, Partition, load_dataset, partition
 from rayfl.errors import RayflError
 from rayfl.metrics import (
+    CHECKPOINT_FILE,
     CONFIG_FILE,
     METRICS_FILE,
     MODEL_FILE,
@@ -69,8 +71,8 @@ def default_run_dir(cfg: ExperimentConfig, root: str | os.PathLike = "runs") -> 
     return path
 
 
-def prepare_run_dir(path: Path) -> Path:
-    if (path / METRICS_FILE).exists():
+def prepare_run_dir(path: Path, resuming: bool = False) -> Path:
+    if not resuming and (path / METRICS_FILE).exists():
         raise RayflError(
             f"output folder {path} already holds a run: choose another --output or remove it"
         )
@@ -175,13 +177,14 @@ def share_data(cfg: ExperimentConfig) -> SharedData:
     return put_data(*load_data(cfg))
 
 
-def _progress(cfg: ExperimentConfig, enabled: bool | None) -> Any:
+def _progress(cfg: ExperimentConfig, enabled: bool | None, initial: int = 0) -> Any:
     from tqdm.auto import tqdm
 
     if enabled is None:
         enabled = sys.stderr.isatty()
     return tqdm(
         total=cfg.iterations,
+        initial=initial,
         desc=cfg.name,
         unit="it",
         dynamic_ncols=True,
@@ -191,7 +194,7 @@ def _progress(cfg: ExperimentConfig, enabled: bool | None) -> Any:
 
 
 def run(
-    config: ExperimentConfig | str | os.PathLike | Mapping[str, Any] = "wkafl",
+    config: ExperimentConfig | str | os.PathLike | Mapping[str, Any] = "akafl-rj",
     *,
     overrides: Sequence[str] = (),
     output: str | os.PathLike | None = None,
@@ -199,11 +202,14 @@ def run(
     progress: bool | None = None,
     dataset: DatasetRefs | None = None,
     callback: Callable[[list[dict[str, Any]]], None] | None = None,
+    resume: str | os.PathLike | None = None,
+    on_checkpoint: Callable[[Path], None] | None = None,
 ) -> RunResult:
     """Runs one experiment and writes its run folder.
 
     Args:
-        config: an ``ExperimentConfig``, a preset name, a YAML path or a mapping.
+        config: an ``ExperimentConfig``, a preset name, a YAML path or a mapping. Ignored with
+            ``resume`` (the run folder's config.yaml is used, with ``overrides`` on top).
         overrides: ``key.path=value`` strings applied on top (as ``--set``).
         output: the run folder; default ``runs/<name>-<timestamp>``.
         address: a Ray cluster to connect to if Ray is not running yet (as ``ray.init``).
@@ -211,19 +217,33 @@ def run(
         dataset: the data set already in the object store (``share_dataset``); it must be the
             config's data set. Used by Ray Tune so that trials share one copy.
         callback: called with each chunk of metric rows as they arrive (e.g. ``tune.report``).
+        resume: a run folder with a checkpoint: continue that run where its last checkpoint
+            left off (virtual clock: the final weights equal an uninterrupted run's).
+        on_checkpoint: called with the run folder after each checkpoint is written.
 
     Returns:
         A ``RunResult`` with the run folder, summary and final weights.
 
     Example:
-        >>> result = rayfl.run("wkafl", overrides=["iterations=100"])  # doctest: +SKIP
+        >>> result = rayfl.run("akafl-rj", overrides=["iterations=100"])  # doctest: +SKIP
         >>> result.final_accuracy  # doctest: +SKIP
     """
-    cfg = (
-        config
-        if isinstance(config, ExperimentConfig) and not overrides
-        else load_config(config, overrides)
-    )
+    restore: dict[str, Any] | None = None
+    if resume is not None:
+        run_dir = Path(resume)
+        restore = read_checkpoint(run_dir)
+        cfg = load_config(str(run_dir / CONFIG_FILE), overrides)
+        if restore["t"] >= cfg.iterations:
+            raise RayflError(
+                f"{run_dir} already ran {restore['t']} of {cfg.iterations} iterations: "
+                "raise iterations with --set iterations=N to go on"
+            )
+    else:
+        cfg = (
+            config
+            if isinstance(config, ExperimentConfig) and not overrides
+            else load_config(config, overrides)
+        )
     if dataset is not None:
         if dataset.name != cfg.data.dataset or dataset.data_dir != cfg.data.data_dir:
             raise RayflError(
@@ -233,14 +253,20 @@ def run(
         ds, part = None, _partition(cfg, dataset.labels)
     else:
         ds, part = load_data(cfg)  # bad data fails here, before any folder or Ray exists
-    run_dir = prepare_run_dir(Path(output) if output is not None else default_run_dir(cfg))
+    if restore is None:
+        run_dir = prepare_run_dir(Path(output) if output is not None else default_run_dir(cfg))
+    else:
+        run_dir = prepare_run_dir(run_dir, resuming=True)
     atomic_write_bytes(run_dir / CONFIG_FILE, dump_config(cfg).encode())
     started_ray = ensure_ray(address)
     log = RunLog(run_dir)
+    if restore is not None:
+        log.load(before_iteration=restore["t"])
     server = None
-    bar = _progress(cfg, progress)
+    bar = _progress(cfg, progress, initial=0 if restore is None else restore["t"])
     t0 = time.perf_counter()
     status = "running"
+    checkpointed = restore is not None
     try:
         if dataset is not None:
             data = SharedData(
@@ -263,23 +289,38 @@ def run(
             num_cpus=cfg.server.num_cpus, num_gpus=cfg.server.num_gpus, max_concurrency=1
         )
         server = server_cls.remote(cfg, data)
-        info = _get(server.start.remote())
-        # Two calls in flight so the server never idles while the driver writes files.
-        calls: list[Any] = []
-        requested = 0
+        info = _get(server.start.remote(restore))
+        del restore  # the server holds it now
+        # Two calls in flight so the server never idles while the driver writes files. The
+        # actor runs calls in order, so a checkpoint call sees exactly the chunks before it.
+        calls: list[tuple[str, Any]] = []
+        requested = info["iteration"]
+        every = cfg.checkpoint_every
 
         def request() -> None:
             nonlocal requested
             n = min(CHUNK, cfg.iterations - requested)
+            if every:
+                n = min(n, every - requested % every)
             if n > 0:
-                calls.append(server.run.remote(n))
+                calls.append(("chunk", server.run.remote(n)))
                 requested += n
+                if every and requested % every == 0 and requested < cfg.iterations:
+                    calls.append(("checkpoint", server.checkpoint.remote()))
 
         request()
         request()
         last_flush = time.perf_counter()
         while calls:
-            chunk = _get(calls.pop(0))
+            kind, ref = calls.pop(0)
+            if kind == "checkpoint":
+                log.flush()  # metrics first: a checkpoint never runs ahead of them
+                write_checkpoint(run_dir, _get(ref))
+                checkpointed = True
+                if on_checkpoint is not None:
+                    on_checkpoint(run_dir)
+                continue
+            chunk = _get(ref)
             request()
             log.extend(chunk["metrics"], chunk["updates"])
             if callback is not None:
@@ -291,6 +332,9 @@ def run(
             ):
                 log.flush()
                 last_flush = time.perf_counter()
+        if every:  # a finished run can be extended: rayfl run --resume DIR --set iterations=N
+            write_checkpoint(run_dir, _get(server.checkpoint.remote()))
+            checkpointed = True
         info = ray.get(server.describe.remote())
         weights = ray.get(server.weights.remote())
         state = ray.get(server.state_dict.remote())
@@ -304,8 +348,9 @@ def run(
         raise
     except ray.exceptions.RayActorError as e:
         status = "failed"
+        hint = f"; resume with: rayfl run --resume {run_dir}" if checkpointed else ""
         raise RayflError(
-            f"the server actor died ({e.__class__.__name__}); results so far are in {run_dir}"
+            f"the server actor died ({e.__class__.__name__}); results so far are in {run_dir}{hint}"
         ) from None
     finally:
         bar.close()
@@ -323,12 +368,51 @@ def run(
             summary["num_parameters"] = info["num_parameters"]
             summary["updates_aggregated"] = info["updates_aggregated"]
             summary["worker_nodes"] = sorted({w["node_id"] for w in info["workers"]})
+            summary["worker_failures"] = info["worker_failures"]
+            summary["rejected_updates"] = info["rejected_updates"]
+            summary["maintained"] = info["maintained"]
+            summary["remodels"] = info["remodels"]
+            summary["wasted_jobs"] = info["wasted_jobs"]
+        elif checkpointed:
+            summary["resume"] = f"rayfl run --resume {run_dir}"
         write_summary(run_dir, summary)
         if server is not None:
             ray.kill(server)  # its worker actors are owned by it and go with it
         if started_ray:
             ray.shutdown()
     return RunResult(run_dir=run_dir, config=cfg, summary=summary, weights=weights)
+
+
+def write_checkpoint(run_dir: Path, state: dict[str, Any]) -> None:
+    """Writes the server's state to RUN_DIR/checkpoint.pkl atomically (write, then rename)."""
+    atomic_write_bytes(run_dir / CHECKPOINT_FILE, pickle.dumps(state, protocol=5))
+
+
+def read_checkpoint(run_dir: Path) -> dict[str, Any]:
+    """The checkpoint of a run folder; RayflError (one line) if it is not a resumable run."""
+    if not run_dir.is_dir():
+        raise RayflError(f"--resume {run_dir}: no such folder; pass a folder written by rayfl run")
+    if not (run_dir / CONFIG_FILE).is_file():
+        raise RayflError(
+            f"--resume {run_dir}: not a rayfl run folder (no {CONFIG_FILE}); pass a folder "
+            "written by rayfl run"
+        )
+    path = run_dir / CHECKPOINT_FILE
+    if not path.is_file():
+        raise RayflError(
+            f"--resume {run_dir}: the run has no checkpoint yet (checkpoint_every iterations "
+            "had not passed); start it again"
+        )
+    try:
+        state = pickle.loads(path.read_bytes())
+    except Exception as e:  # a truncated or foreign file: any unpickling error
+        raise RayflError(
+            f"--resume {run_dir}: {CHECKPOINT_FILE} is unreadable ({e.__class__.__name__}); "
+            "start the run again"
+        ) from None
+    if not isinstance(state, dict) or "t" not in state:
+        raise RayflError(f"--resume {run_dir}: {CHECKPOINT_FILE} is not a rayfl checkpoint")
+    return state
 
 
 def _get(ref: Any) -> Any:

@@ -29,11 +29,28 @@ from rayfl.config import ExperimentConfig
 from rayfl.errors import RayflError
 from rayfl.models import build_model, get_flat, set_flat
 from rayfl.server.clock import RealQueue, SpeedModel, VirtualQueue
-from rayfl.server.types import Job
+from rayfl.server.types import Job, Update
 from rayfl.training import Normalizer, evaluate
 
 WORKER_START_TIMEOUT_S = 300.0
 MAX_BATCH = 16  # jobs per actor call (virtual clock)
+CHECKPOINT_FORMAT = 1  # bump when the checkpoint's layout changes
+MAX_RESUBMITS = 10  # tries of one batch of jobs on live workers before the run gives up
+
+
+def check_update(u: Update, shape: tuple[int, ...], max_norm: float | None) -> str | None:
+    """Why an update must be rejected before aggregation: shape | dtype | nonfinite | norm;
+    None if it is fine."""
+    v = u.vector
+    if not isinstance(v, np.ndarray) or v.shape != shape:
+        return "shape"
+    if v.dtype != np.float32:
+        return "dtype"
+    if not np.isfinite(v).all() or not math.isfinite(u.loss):
+        return "nonfinite"
+    if max_norm is not None and float(np.linalg.norm(v)) > max_norm:
+        return "norm"
+    return None
 
 
 class KAsyncServer:
@@ -43,8 +60,9 @@ class KAsyncServer:
         self.cfg = cfg
         self.data = data
 
-    def start(self) -> dict[str, Any]:
-        """Builds w_0, starts the worker pool and dispatches every client on w_0.
+    def start(self, restore: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Builds w_0, starts the worker pool and dispatches every client on w_0; or, with
+        ``restore`` (a ``checkpoint()``), continues exactly where that checkpoint left off.
 
         Separate from ``__init__`` so that a user error (a model factory that fails to import, a
         pool that does not fit) reaches the driver as a ``RayflError``, not as a dead actor.
@@ -71,6 +89,7 @@ class KAsyncServer:
         self.maintained = 0  # candidates rejected by judgement
         self.remodels = 0  # clients resent by remodel
         self.wasted_jobs = 0  # submitted jobs dropped before aggregation
+        self.rejected: dict[str, int] = {}  # broken updates rejected, by reason
 
         # --- evaluation data: the test set, or a fixed seeded subset of it ---
         x_test, y_test = ray.get([data.x_test, data.y_test])
@@ -90,10 +109,10 @@ class KAsyncServer:
 
         # --- worker pool ---
         per_worker_guess = max(1, cfg.data.num_clients)
-        self.workers = make_pool(cfg, data, max_concurrency=min(per_worker_guess + 16, 100_000))
+        self.workers = make_pool(cfg, max_concurrency=min(per_worker_guess + 16, 100_000))
         try:
             self.worker_info = ray.get(
-                [w.info.remote() for w in self.workers], timeout=WORKER_START_TIMEOUT_S
+                [w.attach.remote(data) for w in self.workers], timeout=WORKER_START_TIMEOUT_S
             )
         except ray.exceptions.GetTimeoutError:
             raise RayflError(
@@ -103,11 +122,18 @@ class KAsyncServer:
                 "; lower them or client.num_workers"
             ) from None
         self._outstanding = [0] * len(self.workers)  # jobs submitted and not yet consumed
-        self._batches: dict[Any, list[Any]] = {}  # ObjectRef -> [results, jobs left, worker]
+        self._alive = [True] * len(self.workers)  # False while Ray restarts a dead worker
+        self._pings: dict[int, Any] = {}  # dead worker -> its info() call, back once restarted
+        self.worker_failures = 0
+        # first ObjectRef of a batch -> [results, jobs left, worker, payload, current ObjectRef]
+        self._batches: dict[Any, list[Any]] = {}
 
         # --- versions in the object store, ref-counted by live jobs ---
         self.versions: dict[int, list[Any]] = {}  # version -> [ObjectRef, live job count]
-        self._put_version(0, self.w)
+        if restore is None:
+            self._put_version(0, self.w)
+        else:
+            self._restore_state(restore)
 
         # --- the clock and its job queue; every client starts on w_0 ---
         speed = SpeedModel(
@@ -118,7 +144,7 @@ class KAsyncServer:
             seed=cfg.seed,
         )
         if cfg.clock.kind == "virtual":
-            lookahead = cfg.clock.lookahead or max(2 * self.k, 4 * len(self.workers))
+            lookahead = cfg.clock.lookahead or max(2 * cfg.aggregation.k, 4 * len(self.workers))
             self.queue: VirtualQueue | RealQueue = VirtualQueue(
                 speed,
                 self._submit_batch,
@@ -130,12 +156,86 @@ class KAsyncServer:
             self.queue = RealQueue(
                 speed, self._submit_one, cfg.clock.time_scale, discard=self._discard
             )
-        for client_id in range(n):
-            self._dispatch(client_id, 0)
-        self.queue.top_up()
         self.started_at = time.perf_counter()
         self.updates_aggregated = 0
+        if restore is None:
+            for client_id in range(n):
+                self._dispatch(client_id, 0)
+        else:
+            self.updates_aggregated = restore["updates_aggregated"]
+            self.started_at -= restore["wall_s"]
+            for job in restore["jobs"]:
+                self._redispatch(job)
+        self.queue.top_up()
         return self.describe()
+
+    # --- checkpoints --------------------------------------------------------------------------
+
+    def checkpoint(self) -> dict[str, Any]:
+        """The server's full state after iteration t - 1: enough to continue bit-identically.
+
+        Holds the global model, every version a live job still holds, the rule and control
+        states (momentum, adaptive K, judgement's EWMA), the counters, and the live jobs (the
+        virtual clock's heap). Every random draw in the engine is a pure function of
+        (seed, stream, client, version), so no generator state needs saving.
+        """
+        jobs = sorted(self.queue.current.values())
+        held = sorted({j.version for j in jobs} | {self.t})
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "t": self.t,
+            "k": self.k,
+            "w": self.w,
+            "previous_direction": self.previous_direction,
+            "rule_state": self.rule_state,
+            "control_state": self.control_state,
+            "counters": {
+                "maintained": self.maintained,
+                "remodels": self.remodels,
+                "wasted_jobs": self.wasted_jobs,
+                "rejected": dict(self.rejected),
+                "worker_failures": self.worker_failures,
+            },
+            "updates_aggregated": self.updates_aggregated,
+            "wall_s": time.perf_counter() - self.started_at,
+            "now": self.queue.now,
+            "jobs": [(j.finish, j.client_id, j.version) for j in jobs],
+            "versions": dict(zip(held, ray.get([self.versions[v][0] for v in held]), strict=True)),
+        }
+
+    def _restore_state(self, state: dict[str, Any]) -> None:
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise RayflError(
+                f"checkpoint format {state.get('format')!r} is not {CHECKPOINT_FORMAT}: it was "
+                "written by another rayfl version; start the run again"
+            )
+        if state["w"].shape != self.w.shape:
+            raise RayflError(
+                f"the checkpoint's model has {state['w'].size} parameters, the config's "
+                f"{self.w.size}: resume with the run's own config.yaml"
+            )
+        self.t, self.k = state["t"], state["k"]
+        self.w = state["w"]
+        self.previous_direction = state["previous_direction"]
+        self.rule_state, self.control_state = state["rule_state"], state["control_state"]
+        c = state["counters"]
+        self.maintained, self.remodels, self.wasted_jobs = (
+            c["maintained"],
+            c["remodels"],
+            c["wasted_jobs"],
+        )
+        self.rejected, self.worker_failures = dict(c["rejected"]), c["worker_failures"]
+        for v, w in state["versions"].items():
+            self._put_version(v, w)
+        self.queue_now = state["now"]
+
+    def _redispatch(self, job: tuple[float, int, int]) -> None:
+        """Puts a checkpointed live job back in flight (same finish time on the virtual clock)."""
+        finish, client_id, version = job
+        self.versions[version][1] += 1
+        restored = self.queue.restore(Job(finish, client_id, version), self.queue_now)
+        if self.controls:
+            heapq.heappush(self._by_version, (version, client_id, restored.finish))
 
     # --- bookkeeping helpers ------------------------------------------------------------------
 
@@ -167,14 +267,25 @@ class KAsyncServer:
             del self.versions[version]  # no live job holds it: the object store frees it
 
     def _least_busy(self) -> int:
-        return min(range(len(self.workers)), key=self._outstanding.__getitem__)
+        """The live worker with the fewest outstanding jobs (waits if all are restarting)."""
+        self._check_restarted()
+        deadline = time.perf_counter() + WORKER_START_TIMEOUT_S
+        while not any(self._alive):
+            if time.perf_counter() > deadline:
+                raise RayflError(
+                    f"all {len(self.workers)} client workers died and none came back within "
+                    f"{WORKER_START_TIMEOUT_S:.0f} s: check the cluster (ray status) and resume "
+                    "the run with rayfl run --resume"
+                )
+            ray.wait(list(self._pings.values()), num_returns=1, timeout=1.0)
+            self._check_restarted()
+        live = [i for i in range(len(self.workers)) if self._alive[i]]
+        return min(live, key=self._outstanding.__getitem__)
 
     def _submit_one(self, job: Job, delay_s: float) -> Any:
         """Real clock: one actor call per job, so ``ray.wait`` sees each job finish."""
-        i = self._least_busy()
-        self._outstanding[i] += 1
-        ref = self.workers[i].compute.remote(job, self.versions[job.version][0], delay_s)
-        self._batches[ref] = [None, 1, i]
+        payload = ("one", job, job.version, delay_s)
+        ref = self._send(payload, self._least_busy())
         return (ref, 0)
 
     def _submit_batch(self, jobs: list[Job]) -> list[Any]:
@@ -185,15 +296,76 @@ class KAsyncServer:
             part = jobs[start : start + size]
             versions = sorted({self._compute_version(j) for j in part})
             slot = {v: n for n, v in enumerate(versions)}
-            i = self._least_busy()
-            self._outstanding[i] += len(part)
-            ref = self.workers[i].compute_batch.remote(
-                [(j, slot[self._compute_version(j)]) for j in part],
-                *(self.versions[v][0] for v in versions),
-            )
-            self._batches[ref] = [None, len(part), i]
+            payload = ("batch", [(j, slot[self._compute_version(j)]) for j in part], versions)
+            ref = self._send(payload, self._least_busy())
             handles += [(ref, n) for n in range(len(part))]
         return handles
+
+    def _send(self, payload: tuple[Any, ...], i: int, ref: Any = None) -> Any:
+        """Submits a payload to worker i; with ``ref``, re-submits the batch filed under it."""
+        if payload[0] == "one":
+            _, job, version, delay_s = payload
+            new = self.workers[i].compute.remote(job, self.versions[version][0], delay_s)
+            n = 1
+        else:
+            _, jobs, versions = payload
+            new = self.workers[i].compute_batch.remote(
+                jobs, *(self.versions[v][0] for v in versions)
+            )
+            n = len(jobs)
+        self._outstanding[i] += n
+        if ref is None:
+            self._batches[new] = [None, n, i, payload, new]
+            return new
+        entry = self._batches[ref]
+        self._outstanding[entry[2]] -= entry[1]
+        self._outstanding[i] += entry[1] - n
+        entry[2], entry[4] = i, new
+        return new
+
+    def _worker_died(self, i: int, error: Exception) -> None:
+        """Worker i's call failed: stop sending it jobs until Ray has restarted it."""
+        if self._alive[i]:
+            self._alive[i] = False
+            self.worker_failures += 1
+            print(
+                f"rayfl: client worker {i} died ({error.__class__.__name__}); its jobs are "
+                "re-dispatched to the live workers",
+                flush=True,
+            )
+        if i not in self._pings:
+            # Queued until Ray has restarted the actor; it maps the data again, then takes jobs.
+            self._pings[i] = self.workers[i].attach.remote(self.data)
+
+    def _check_restarted(self) -> None:
+        """Workers whose ping came back are alive again (Ray restarted them)."""
+        if not self._pings:
+            return
+        ready, _ = ray.wait(list(self._pings.values()), num_returns=len(self._pings), timeout=0)
+        for i, ping in list(self._pings.items()):
+            if ping not in ready:
+                continue
+            del self._pings[i]
+            try:
+                self.worker_info[i] = ray.get(ping)
+                self._alive[i] = True
+            except ray.exceptions.RayActorError:
+                pass  # gone for good (max_restarts used up): it stays out of the pool
+
+    def _fetch(self, ref: Any) -> list[Any]:
+        """A batch's Updates; if its worker died, the batch is re-run on a live worker."""
+        entry = self._batches[ref]
+        for _ in range(MAX_RESUBMITS):
+            try:
+                value = ray.get(entry[4])
+                return value if isinstance(value, list) else [value]
+            except (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError) as e:
+                self._worker_died(entry[2], e)
+                self._send(entry[3], self._least_busy(), ref=ref)
+        raise RayflError(
+            f"a batch of client jobs failed {MAX_RESUBMITS} times on different workers: the "
+            "cluster is losing workers faster than they restart; check `ray status`"
+        )
 
     def _discard(self, handle: Any) -> None:
         """A submitted job was dropped (remodel) before aggregation: its compute is wasted."""
@@ -216,7 +388,11 @@ class KAsyncServer:
     def _resolve(self, handles: list[Any]) -> list[Any]:
         """The Updates behind job handles, fetching each batch once."""
         missing = list({h[0] for h in handles if self._batches[h[0]][0] is None})
-        for ref, value in zip(missing, ray.get(missing), strict=True):
+        try:
+            values = ray.get([self._batches[r][4] for r in missing])
+        except (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError):
+            values = [self._fetch(r) for r in missing]  # one by one, re-running the lost ones
+        for ref, value in zip(missing, values, strict=True):
             self._batches[ref][0] = value if isinstance(value, list) else [value]
         updates = [self._batches[ref][0][n] for ref, n in handles]
         for h in handles:
@@ -241,14 +417,36 @@ class KAsyncServer:
         t = self.t
         tick = time.perf_counter()
 
-        # --- wait for the first K ---
-        taken = self.queue.take(self.k)
-        self.queue.top_up()  # keep every worker busy while we wait and aggregate
-        waited = time.perf_counter()
-        updates = self._resolve([handle for _, handle in taken])
-        wait_s = time.perf_counter() - waited
-        for job, _ in taken:
-            self._release(job.version)
+        # --- wait for the first K valid updates ---
+        updates: list[Any] = []
+        rejected: dict[str, int] = {}
+        wait_s = 0.0
+        while len(updates) < self.k:
+            taken = self.queue.take(self.k - len(updates))
+            if not taken:
+                raise RayflError("no client job is in flight: this is a bug, please report it")
+            self.queue.top_up()  # keep every worker busy while we wait and aggregate
+            waited = time.perf_counter()
+            arrived = self._resolve([handle for _, handle in taken])
+            wait_s += time.perf_counter() - waited
+            for job, _ in taken:
+                self._release(job.version)
+            for u in arrived:
+                reason = check_update(u, self.w.shape, self.cfg.aggregation.max_update_norm)
+                if reason is None:
+                    updates.append(u)
+                    continue
+                # A broken update never reaches the model: count it, give the client w_t again.
+                rejected[reason] = rejected.get(reason, 0) + 1
+                self._dispatch(u.client_id, t)
+            if sum(rejected.values()) > self.cfg.data.num_clients + self.k:
+                raise RayflError(
+                    f"iteration {t}: {sum(rejected.values())} updates rejected in a row "
+                    f"({', '.join(sorted(rejected))}): the clients' updates are broken; check "
+                    "the model, the learning rates, and aggregation.max_update_norm"
+                )
+        for reason, n in rejected.items():
+            self.rejected[reason] = self.rejected.get(reason, 0) + n
 
         # --- aggregate: the rule chain makes g_t and eta_t ---
         step = start_step(
@@ -318,6 +516,8 @@ class KAsyncServer:
             "agg/remodels": float(len(decision.resend)),
             "agg/kept_previous": float(decision.keep_previous),
             "sys/wasted_jobs": self.wasted_jobs,
+            "sys/worker_failures": self.worker_failures,
+            "agg/rejected": float(sum(rejected.values())),
             **step.metrics,
             **decision.metrics,
         }
@@ -372,6 +572,8 @@ class KAsyncServer:
             "maintained": self.maintained,
             "remodels": self.remodels,
             "wasted_jobs": self.wasted_jobs,
+            "worker_failures": self.worker_failures,
+            "rejected_updates": dict(self.rejected),
             "versions_held": len(self.versions),
             "device": str(self.device),
         }

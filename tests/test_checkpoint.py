@@ -1,0 +1,79 @@
+"""Checkpoint and resume on a real Ray: a resumed run ends bit-identical to an unbroken one."""
+
+from __future__ import annotations
+
+import pickle
+
+import pyarrow.parquet as pq
+import pytest
+
+import rayfl
+from rayfl.cli import main
+
+CONTROLS = (
+    "aggregation.control={adaptive_k: {eps_k: 0.3, rho: 0.01, k_min: 2}, remodel: {eps_r: 6}, "
+    "judgement: {eps_m: 0.5, t_min_fraction: 0.2, theta_0: 0.01, kappa: 3.0, delta1: 0.9, "
+    "delta2: 0.9, eval_every: 5}}"
+)
+OVERRIDES = ["client.num_workers=2", "iterations=60", "checkpoint_every=20", CONTROLS]
+
+
+class Stop(KeyboardInterrupt):
+    """Ctrl-C, as the driver sees it."""
+
+
+def test_interrupted_and_resumed_run_equals_an_unbroken_run(ray_session, tmp_path):
+    clean = rayfl.run("tiny", overrides=OVERRIDES, output=tmp_path / "clean", progress=False)
+    assert clean.summary["remodels"] > 0  # the controls really ran and have state to save
+
+    def ctrl_c(rows):
+        if rows[-1]["iteration"] >= 33:
+            raise Stop
+
+    broken = tmp_path / "broken"
+    with pytest.raises(Stop):
+        rayfl.run("tiny", overrides=OVERRIDES, output=broken, progress=False, callback=ctrl_c)
+    # What Ctrl-C leaves: readable metrics, and a checkpoint from iteration 20 (or 40).
+    state = pickle.loads((broken / "checkpoint.pkl").read_bytes())
+    assert state["t"] in (20, 40)
+    assert len(pq.read_table(broken / "metrics.parquet")) >= 30
+    assert "rayfl run --resume" in (broken / "summary.json").read_text()
+
+    resumed = rayfl.run("tiny", resume=broken, progress=False)
+    assert resumed.run_dir == broken
+    assert resumed.weights.tobytes() == clean.weights.tobytes()
+    metrics = pq.read_table(broken / "metrics.parquet").to_pandas()
+    assert list(metrics["iteration"]) == list(range(60))  # each iteration exactly once
+    updates = pq.read_table(broken / "updates.parquet").to_pandas()
+    assert int(metrics["agg/k"].sum()) == len(updates) == resumed.summary["updates_aggregated"]
+    assert resumed.summary["remodels"] == clean.summary["remodels"]
+    assert resumed.summary["maintained"] == clean.summary["maintained"]
+    clean_metrics = clean.metrics.to_pandas()
+    assert metrics["agg/k"].tolist() == clean_metrics["agg/k"].tolist()
+    assert metrics["eval/accuracy"].dropna().tolist() == (
+        clean_metrics["eval/accuracy"].dropna().tolist()
+    )
+
+    # A finished run cannot be resumed further without more iterations; with them it can.
+    with pytest.raises(rayfl.RayflError, match="already ran 60 of 60"):
+        rayfl.run(resume=broken, progress=False)
+    longer = rayfl.run(resume=broken, overrides=["iterations=70"], progress=False)
+    assert len(longer.metrics) == 70
+
+
+def _cli_error(capsys, argv):
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    return err
+
+
+def test_resume_bad_folders_fail_in_one_line(tmp_path, capsys):
+    assert "no such folder" in _cli_error(capsys, ["run", "--resume", str(tmp_path / "nope")])
+    assert "not a rayfl run folder" in _cli_error(capsys, ["run", "--resume", str(tmp_path)])
+    (tmp_path / "config.yaml").write_text("name: x\n")
+    assert "no checkpoint yet" in _cli_error(capsys, ["run", "--resume", str(tmp_path)])
+    (tmp_path / "checkpoint.pkl").write_bytes(pickle.dumps({"t": 1})[:7])  # truncated
+    assert "unreadable" in _cli_error(capsys, ["run", "--resume", str(tmp_path)])
+    assert "drop the config" in _cli_error(capsys, ["run", "tiny", "--resume", str(tmp_path)])
