@@ -50,6 +50,7 @@ METRICS = (
     "virtual_time",
     "train_loss",
 )
+TRIAL_RETRIES = 2  # times a failed trial is restarted from its last checkpoint
 NOT_REACHED = 1e12
 SEARCH_KEYS = (
     "base",
@@ -386,21 +387,77 @@ def trial_metrics(
 
 
 def _trainable(config: dict[str, Any], spec: SearchSpec | None = None, dataset: Any = None) -> None:
+    """One trial: ``rayfl.run`` reporting after every evaluation, checkpointing through Tune.
+
+    Each engine checkpoint (``checkpoint_every``) rides on the next report as a Tune
+    checkpoint; a restored trial (``Tuner.restore``, or a retry after a failure) resumes the
+    run from it instead of starting over.
+    """
+    import shutil
+    import tempfile
+
+    from ray.tune import Checkpoint
+
+    from rayfl.metrics import CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, UPDATES_FILE
     from rayfl.server.driver import run
 
     assert spec is not None
     started_at = time.time()
     cfg = spec.trial_config(config)
     rows: list[dict[str, Any]] = []
+    files = (CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, UPDATES_FILE)
+    trial_dir = Path(ray_tune.get_context().get_trial_dir())
+    run_dir = trial_dir / "run"
+    pending: list[Path] = []  # a copy of the newest engine checkpoint, not yet reported
+
+    def on_checkpoint(path: Path) -> None:
+        snapshot = Path(tempfile.mkdtemp(prefix="rayfl-ckpt-"))
+        for name in files:
+            if (path / name).is_file():
+                shutil.copy2(path / name, snapshot / name)
+        for old in pending:
+            shutil.rmtree(old, ignore_errors=True)
+        pending[:] = [snapshot]
 
     def on_chunk(chunk: list[dict[str, Any]]) -> None:
         for row in chunk:
             rows.append(row)
             if row.get("eval/accuracy") is not None:
-                ray_tune.report(trial_metrics(rows, spec, started_at))
+                metrics = trial_metrics(rows, spec, started_at)
+                if pending:
+                    snapshot = pending.pop()
+                    ray_tune.report(metrics, checkpoint=Checkpoint.from_directory(snapshot))
+                    shutil.rmtree(snapshot, ignore_errors=True)  # Tune has copied it
+                else:
+                    ray_tune.report(metrics)
 
-    trial_dir = Path(ray_tune.get_context().get_trial_dir())
-    run(cfg, output=trial_dir / "run", progress=False, dataset=dataset, callback=on_chunk)
+    resume = None
+    restored = ray_tune.get_checkpoint()
+    if restored is not None:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        run_dir.mkdir(parents=True)
+        with restored.as_directory() as d:
+            for name in files:
+                if (Path(d) / name).is_file():
+                    shutil.copy2(Path(d) / name, run_dir / name)
+        resume = run_dir
+        from rayfl.metrics import RunLog
+        from rayfl.server.driver import read_checkpoint
+
+        log = RunLog(run_dir)
+        log.load(before_iteration=read_checkpoint(run_dir)["t"])
+        rows.extend(log.metrics)
+    elif run_dir.exists():
+        shutil.rmtree(run_dir)  # a retried trial without a checkpoint starts over
+    run(
+        cfg,
+        output=None if resume else run_dir,
+        resume=resume,
+        progress=False,
+        dataset=dataset,
+        callback=on_chunk,
+        on_checkpoint=on_checkpoint,
+    )
 
 
 # --- running a search -------------------------------------------------------------------------
@@ -493,7 +550,13 @@ def tune(
                     scheduler=scheduler,
                     search_alg=search_alg,
                 ),
-                run_config=ray_tune.RunConfig(name=spec.name, storage_path=root, verbose=verbose),
+                run_config=ray_tune.RunConfig(
+                    name=spec.name,
+                    storage_path=root,
+                    verbose=verbose,
+                    # A trial whose run fails (a lost node) is retried from its checkpoint.
+                    failure_config=ray_tune.FailureConfig(max_failures=TRIAL_RETRIES),
+                ),
             )
         results = tuner.fit()
         return _write_outputs(spec, results, exp_path)

@@ -7,6 +7,10 @@ import os
 import pytest
 
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+# Test-only user modules (model factories given by import path) must import in Ray's workers,
+# which inherit this environment when the session's Ray starts.
+FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (FIXTURES, os.environ.get("PYTHONPATH")) if p)
 
 
 @pytest.fixture(scope="session")

@@ -8,8 +8,10 @@ import sys
 
 import pyarrow.parquet as pq
 import pytest
+import torch
 import yaml
 
+import rayfl
 from rayfl.config import load_config
 from rayfl.errors import ConfigError
 from rayfl.tuning import (
@@ -117,6 +119,10 @@ def test_smoke_search_end_to_end(ray_session, tmp_path):
     # ASHA stopped at least one trial before the end (30 iterations = 6 evaluations).
     assert trials["training_iteration"].min() < trials["training_iteration"].max() == 6
     assert (outcome.path / "search.png").stat().st_size > 1000
+    # Engine checkpoints (every 10 iterations here) reach Tune as trial checkpoints.
+    ckpts = list(outcome.path.glob("*/checkpoint_*/checkpoint.pkl"))
+    assert len(ckpts) >= 4, ckpts
+    assert {p.name for p in ckpts[0].parent.iterdir()} >= {"checkpoint.pkl", "metrics.parquet"}
     best = yaml.safe_load((outcome.path / "best_config.yaml").read_text())
     assert best["aggregation"]["lr"] in (0.02, 0.05)
     # The best config runs unchanged with `rayfl run`.
@@ -170,3 +176,36 @@ def test_four_trials_at_a_quarter_gpu_run_concurrently(ray_session, tmp_path):
 def test_resume_without_a_search_is_a_clear_error(ray_session, tmp_path):
     with pytest.raises(ConfigError, match="no search to resume"):
         tune("tune_configs/smoke.yaml", storage_path=str(tmp_path / "nothing"), resume=True)
+
+
+def test_failed_trial_resumes_from_its_tune_checkpoint(ray_session, tmp_path):
+    """The server dies mid-trial (at its 4th evaluation, t = 20); Tune restarts the trial from
+    the engine checkpoint at t = 10 that rode on the t = 15 report, and it ends where an
+    undisturbed run ends."""
+    marker = tmp_path / "crashed"
+    model = f"model={{name: 'crashy:make_net', kwargs: {{marker: '{marker}', crash_at_eval: 4}}}}"
+    common = ["iterations=30", "eval.every=5", "eval.max_samples=200", "checkpoint_every=10"]
+    spec = {
+        "base": "tiny",
+        "name": "retry",
+        "set": [*common, model, "client.num_workers=1"],
+        "search": {"seed": {"grid": [0]}},
+        "metric": "accuracy",
+        "num_samples": 1,
+    }
+    outcome = tune(spec, storage_path=str(tmp_path / "tune"), verbose=0)
+    assert marker.exists()  # it did crash once
+    t = outcome.trials
+    assert len(t) == 1 and t["error"].isna().all()
+    run_dir = next((tmp_path / "tune" / "retry").glob("*/run"))
+    metrics = pq.read_table(run_dir / "metrics.parquet").to_pandas()
+    assert list(metrics["iteration"]) == list(range(30))
+    clean = rayfl.run(
+        "tiny",
+        overrides=[*common, model, "client.num_workers=1"],
+        output=tmp_path / "clean",
+        progress=False,
+    )
+    resumed = torch.load(run_dir / "model.pt")
+    for name, tensor in torch.load(clean.run_dir / "model.pt").items():
+        assert torch.equal(tensor, resumed[name]), name
