@@ -47,6 +47,7 @@ def test_interrupted_and_resumed_run_equals_an_unbroken_run(ray_session, tmp_pat
     updates = pq.read_table(broken / "updates.parquet").to_pandas()
     assert int(metrics["agg/k"].sum()) == len(updates) == resumed.summary["updates_aggregated"]
     assert resumed.summary["remodels"] == clean.summary["remodels"]
+    assert resumed.summary["jobs_lost"] == clean.summary["jobs_lost"] == 0
     assert resumed.summary["maintained"] == clean.summary["maintained"]
     clean_metrics = clean.metrics.to_pandas()
     assert metrics["agg/k"].tolist() == clean_metrics["agg/k"].tolist()

@@ -216,7 +216,8 @@ def run(
         progress: show a progress bar; default when stderr is a terminal.
         dataset: the data set already in the object store (``share_dataset``); it must be the
             config's data set. Used by Ray Tune so that trials share one copy.
-        callback: called with each chunk of metric rows as they arrive (e.g. ``tune.report``).
+        callback: called with each chunk of metric rows as they arrive (e.g. ``tune.report``);
+            if it returns True the run stops early and cleanly (status "stopped").
         resume: a run folder with a checkpoint: continue that run where its last checkpoint
             left off (virtual clock: the final weights equal an uninterrupted run's).
         on_checkpoint: called with the run folder after each checkpoint is written.
@@ -243,6 +244,18 @@ def run(
             config
             if isinstance(config, ExperimentConfig) and not overrides
             else load_config(config, overrides)
+        )
+    if cfg.mode == "sync":  # synchronous rounds with client selection: rayfl.rounds
+        from rayfl.rounds import run_rounds
+
+        return run_rounds(
+            cfg,
+            output=output,
+            address=address,
+            progress=progress,
+            dataset=dataset,
+            callback=callback,
+            resume=resume,
         )
     if dataset is not None:
         if dataset.name != cfg.data.dataset or dataset.data_dir != cfg.data.data_dir:
@@ -310,6 +323,7 @@ def run(
 
         request()
         request()
+        stop = False
         last_flush = time.perf_counter()
         while calls:
             kind, ref = calls.pop(0)
@@ -321,10 +335,11 @@ def run(
                     on_checkpoint(run_dir)
                 continue
             chunk = _get(ref)
-            request()
+            if not stop:
+                request()
             log.extend(chunk["metrics"], chunk["updates"])
-            if callback is not None:
-                callback(chunk["metrics"])
+            if callback is not None and callback(chunk["metrics"]) is True:
+                stop = True  # the callback asked to end early: drain what is in flight
             bar.update(len(chunk["metrics"]))
             _postfix(bar, log)
             if time.perf_counter() - last_flush > 5.0 or any(
@@ -339,7 +354,7 @@ def run(
         weights = ray.get(server.weights.remote())
         state = ray.get(server.state_dict.remote())
         torch.save(state, run_dir / MODEL_FILE)
-        status = "finished"
+        status = "stopped" if stop else "finished"
     except KeyboardInterrupt:
         status = "interrupted"
         raise
@@ -363,7 +378,7 @@ def run(
             **summarize(log.metrics),
             "driver_wall_s": time.perf_counter() - t0,
         }
-        if status == "finished":
+        if status in ("finished", "stopped"):
             summary["num_workers"] = len(info["workers"])
             summary["num_parameters"] = info["num_parameters"]
             summary["updates_aggregated"] = info["updates_aggregated"]
@@ -373,6 +388,7 @@ def run(
             summary["maintained"] = info["maintained"]
             summary["remodels"] = info["remodels"]
             summary["wasted_jobs"] = info["wasted_jobs"]
+            summary["jobs_lost"] = info["jobs_lost"]
         elif checkpointed:
             summary["resume"] = f"rayfl run --resume {run_dir}"
         write_summary(run_dir, summary)

@@ -90,6 +90,7 @@ class KAsyncServer:
         self.remodels = 0  # clients resent by remodel
         self.wasted_jobs = 0  # submitted jobs dropped before aggregation
         self.rejected: dict[str, int] = {}  # broken updates rejected, by reason
+        self.jobs_dispatched = 0  # every job ever started (restored jobs count once)
 
         # --- evaluation data: the test set, or a fixed seeded subset of it ---
         x_test, y_test = ray.get([data.x_test, data.y_test])
@@ -195,6 +196,7 @@ class KAsyncServer:
                 "wasted_jobs": self.wasted_jobs,
                 "rejected": dict(self.rejected),
                 "worker_failures": self.worker_failures,
+                "jobs_dispatched": self.jobs_dispatched,
             },
             "updates_aggregated": self.updates_aggregated,
             "wall_s": time.perf_counter() - self.started_at,
@@ -225,6 +227,7 @@ class KAsyncServer:
             c["wasted_jobs"],
         )
         self.rejected, self.worker_failures = dict(c["rejected"]), c["worker_failures"]
+        self.jobs_dispatched = c["jobs_dispatched"]
         for v, w in state["versions"].items():
             self._put_version(v, w)
         self.queue_now = state["now"]
@@ -243,6 +246,7 @@ class KAsyncServer:
         self.versions[version] = [ray.put(w), 0]
 
     def _dispatch(self, client_id: int, version: int) -> None:
+        self.jobs_dispatched += 1
         self.versions[version][1] += 1
         job = self.queue.dispatch(client_id, version)
         if self.controls:
@@ -574,6 +578,13 @@ class KAsyncServer:
             "wasted_jobs": self.wasted_jobs,
             "worker_failures": self.worker_failures,
             "rejected_updates": dict(self.rejected),
+            "jobs_dispatched": self.jobs_dispatched,
+            # Every job started is aggregated, rejected, dropped by remodel, or still live.
+            "jobs_lost": self.jobs_dispatched
+            - self.updates_aggregated
+            - sum(self.rejected.values())
+            - self.remodels
+            - len(self.queue.current),
             "versions_held": len(self.versions),
             "device": str(self.device),
         }
