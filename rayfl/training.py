@@ -70,7 +70,10 @@ class UpdateComputer:
         self.local_steps = local_steps
         self.local_lr = local_lr
         self.seed = seed
-        self._loaded_version: int | None = None
+        # The weights array the model holds now. Compared by identity (and kept referenced so
+        # its id cannot be reused): the version number alone is not enough, since with
+        # ``staleness: nominal`` a job's version differs from the weights it computes on.
+        self._loaded: np.ndarray | None = None
 
     def _batch(
         self, own: np.ndarray, rng: np.random.Generator
@@ -90,14 +93,16 @@ class UpdateComputer:
     def compute(
         self, client_id: int, version: int, weights: np.ndarray
     ) -> tuple[np.ndarray, float]:
-        """The update of ``client_id`` on model ``version`` (whose flat weights are given).
+        """The update of ``client_id`` for its job on ``version``, computed on ``weights``
+        (w_version, or the newest model with ``staleness: nominal``); the mini-batches depend on
+        (seed, client_id, version) only.
 
         Returns:
             ((P,) float32 update, first mini-batch loss).
         """
-        if self._loaded_version != version or self.local_steps > 1:
+        if self._loaded is not weights or self.local_steps > 1:
             set_flat(self.model, weights)
-            self._loaded_version = version
+            self._loaded = weights
         own = self.indices[self.offsets[client_id] : self.offsets[client_id + 1]]
         rng = seeding.rng(self.seed, seeding.BATCH, client_id, version)
         self.model.train()
@@ -118,7 +123,7 @@ class UpdateComputer:
                     p.sub_(self.local_lr * g[offset : offset + n].view_as(p))
                     offset += n
         end = torch.cat([p.detach().reshape(-1) for p in self.params])
-        self._loaded_version = None  # the model now holds w^E, not w_v
+        self._loaded = None  # the model now holds w^E, not w_v
         return ((start - end) / self.local_lr).to("cpu", torch.float32).numpy(), first_loss
 
 
