@@ -47,9 +47,13 @@ METRICS = (
     "dev_accuracy",  # DevAccuracy D_t (AKAFL-RJ eq. 3-4) of the evaluation series
     "time_to_target",  # virtual time of the first evaluation with accuracy >= target
     # (NOT_REACHED before: finite, so schedulers and loggers can compare it)
+    "iterations_to_target",  # iterations (rounds in sync mode: t75) to the target accuracy
     "virtual_time",
     "train_loss",
 )
+# Besides these: "mean:<column>" and "last:<column>" of any metric column the run writes, e.g.
+# mean:incentive/social_welfare or last:incentive/ape (the incentive mechanism's metrics).
+COLUMN_METRIC = ("mean:", "last:")
 TRIAL_RETRIES = 2  # times a failed trial is restarted from its last checkpoint
 NOT_REACHED = 1e12
 SEARCH_KEYS = (
@@ -260,8 +264,11 @@ def _validate(spec: SearchSpec, base: ExperimentConfig) -> None:
     if not isinstance(spec.metric, (str, dict)) or not names:
         raise ConfigError("metric must be a name or a mapping {name: weight}")
     for name in names:
-        if name not in METRICS:
-            raise ConfigError(f"metric {name!r} is not one of {', '.join(METRICS)}")
+        if name not in METRICS and not (name.startswith(COLUMN_METRIC) and len(name) > 5):
+            raise ConfigError(
+                f"metric {name!r} is not one of {', '.join(METRICS)}, mean:<column> or "
+                "last:<column>: pick one"
+            )
     if isinstance(spec.metric, dict) and not all(_is_number(w) for w in spec.metric.values()):
         raise ConfigError(
             "metric weights must be numbers, e.g. {accuracy_last: 1.0, dev_accuracy: -10}"
@@ -367,18 +374,29 @@ def trial_metrics(
     evals = [r for r in rows if r.get("eval/accuracy") is not None]
     acc = [float(r["eval/accuracy"]) for r in evals]
     last = rows[-1]
-    reached = [r["sys/virtual_time"] for r in evals if r["eval/accuracy"] >= spec.target_accuracy]
+    hit = [r for r in evals if r["eval/accuracy"] >= spec.target_accuracy]
+    reached = [r.get("sys/virtual_time", math.nan) for r in hit]
     out = {
         "accuracy": acc[-1] if acc else math.nan,
         "accuracy_last": float(np.mean(acc[-spec.last_n :])) if acc else math.nan,
         "dev_accuracy": ewma_dev_accuracy(acc, spec.delta1, spec.delta2),
         "time_to_target": float(reached[0]) if reached else NOT_REACHED,
+        "iterations_to_target": float(hit[0]["iteration"] + 1) if hit else NOT_REACHED,
         "virtual_time": float(last.get("sys/virtual_time", math.nan)),
         "train_loss": float(last.get("train/loss", math.nan)),
         "iteration": int(last["iteration"]) + 1,
         "trial_started_at": started_at,  # wall clock (time.time()) when the trial began
         "reported_at": time.time(),
     }
+    for name in [spec.metric] if isinstance(spec.metric, str) else list(spec.metric):
+        if name.startswith(COLUMN_METRIC):
+            kind, _, column = name.partition(":")
+            values = [float(r[column]) for r in rows if r.get(column) is not None]
+            values = [v for v in values if math.isfinite(v)]
+            if not values:
+                out[name] = math.nan
+            else:
+                out[name] = float(np.mean(values)) if kind == "mean" else values[-1]
     if isinstance(spec.metric, str):
         out["objective"] = out[spec.metric]
     else:

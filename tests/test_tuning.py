@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -102,6 +103,25 @@ def test_weighted_metric_and_dev_accuracy_by_hand():
     assert m["time_to_target"] == 20.0
     assert trial_metrics(rows[:1], spec)["time_to_target"] == NOT_REACHED
     assert math.isfinite(NOT_REACHED)
+    assert m["iterations_to_target"] == 20.0
+
+
+def test_column_metrics_average_or_take_the_last_value_of_any_column():
+    spec = spec_with(
+        {"aggregation.lr": {"choice": [0.05]}},
+        metric={"mean:incentive/social_welfare": 1.0, "last:incentive/ape": -100.0},
+    )
+    rows = [
+        {"iteration": 0, "incentive/social_welfare": 2.0, "incentive/ape": 0.5},
+        {"iteration": 1, "incentive/social_welfare": 4.0},
+        {"iteration": 2, "incentive/social_welfare": None, "incentive/ape": 0.25},
+    ]
+    m = trial_metrics(rows, spec)
+    assert m["mean:incentive/social_welfare"] == 3.0
+    assert m["last:incentive/ape"] == 0.25
+    assert m["objective"] == pytest.approx(3.0 - 25.0)
+    with pytest.raises(ConfigError, match="mean:<column>"):
+        spec_with({"aggregation.lr": {"choice": [0.05]}}, metric="median:x")
 
 
 def test_trial_resources_bundle_per_worker():
@@ -209,3 +229,14 @@ def test_failed_trial_resumes_from_its_tune_checkpoint(ray_session, tmp_path):
     resumed = torch.load(run_dir / "model.pt")
     for name, tensor in torch.load(clean.run_dir / "model.pt").items():
         assert torch.equal(tensor, resumed[name]), name
+
+
+@pytest.mark.parametrize(
+    "path", sorted(p.name for p in (Path(__file__).parents[1] / "tune_configs").glob("*.yaml"))
+)
+def test_every_shipped_search_parses_and_says_what_it_costs(path):
+    full = Path(__file__).parents[1] / "tune_configs" / path
+    spec = load_search(str(full))
+    assert spec.params
+    header = [line for line in full.read_text().splitlines() if line.startswith("#")]
+    assert any("Cost" in line for line in header), f"{path}: say what it costs in a comment"
