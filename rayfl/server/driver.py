@@ -382,7 +382,9 @@ def run(
             summary["num_workers"] = len(info["workers"])
             summary["num_parameters"] = info["num_parameters"]
             summary["updates_aggregated"] = info["updates_aggregated"]
-            summary["worker_nodes"] = sorted({w["node_id"] for w in info["workers"]})
+            summary["worker_nodes"] = sorted(
+                {w["node_id"] for w in info["workers"] if w.get("node_id")}
+            )
             summary["worker_failures"] = info["worker_failures"]
             summary["rejected_updates"] = info["rejected_updates"]
             summary["maintained"] = info["maintained"]

@@ -24,7 +24,7 @@ import torch
 from rayfl import seeding
 from rayfl.aggregation import build_rules, final_direction, start_step
 from rayfl.aggregation.control import Decision, Feedback, build_controls, decide
-from rayfl.clients.worker import SharedData, make_pool
+from rayfl.clients.worker import SharedData, make_pool, pool_size
 from rayfl.config import ExperimentConfig
 from rayfl.errors import RayflError
 from rayfl.models import build_model, get_flat, set_flat
@@ -35,6 +35,7 @@ from rayfl.training import Normalizer, evaluate
 WORKER_START_TIMEOUT_S = 300.0
 MAX_BATCH = 16  # jobs per actor call (virtual clock)
 CHECKPOINT_FORMAT = 1  # bump when the checkpoint's layout changes
+GROW_EVERY_S = 10.0  # how often the server looks for new nodes to put workers on
 MAX_RESUBMITS = 10  # tries of one batch of jobs on live workers before the run gives up
 
 
@@ -109,8 +110,9 @@ class KAsyncServer:
         self.normalize = Normalizer(data.mean, data.std, self.device)
 
         # --- worker pool ---
-        per_worker_guess = max(1, cfg.data.num_clients)
-        self.workers = make_pool(cfg, max_concurrency=min(per_worker_guess + 16, 100_000))
+        self._max_concurrency = min(max(1, cfg.data.num_clients) + 16, 100_000)
+        self._last_grow_check = time.perf_counter()
+        self.workers = make_pool(cfg, max_concurrency=self._max_concurrency)
         try:
             self.worker_info = ray.get(
                 [w.attach.remote(data) for w in self.workers], timeout=WORKER_START_TIMEOUT_S
@@ -124,7 +126,8 @@ class KAsyncServer:
             ) from None
         self._outstanding = [0] * len(self.workers)  # jobs submitted and not yet consumed
         self._alive = [True] * len(self.workers)  # False while Ray restarts a dead worker
-        self._pings: dict[int, Any] = {}  # dead worker -> its info() call, back once restarted
+        self._pings: dict[int, Any] = {}  # dead worker -> its attach() call, back once restarted
+        self._reping: dict[int, float] = {}  # dead worker -> when to ping it again
         self.worker_failures = 0
         # first ObjectRef of a batch -> [results, jobs left, worker, payload, current ObjectRef]
         self._batches: dict[Any, list[Any]] = {}
@@ -281,7 +284,10 @@ class KAsyncServer:
                     f"{WORKER_START_TIMEOUT_S:.0f} s: check the cluster (ray status) and resume "
                     "the run with rayfl run --resume"
                 )
-            ray.wait(list(self._pings.values()), num_returns=1, timeout=1.0)
+            if self._pings:
+                ray.wait(list(self._pings.values()), num_returns=1, timeout=1.0)
+            else:
+                time.sleep(0.2)
             self._check_restarted()
         live = [i for i in range(len(self.workers)) if self._alive[i]]
         return min(live, key=self._outstanding.__getitem__)
@@ -337,12 +343,54 @@ class KAsyncServer:
                 "re-dispatched to the live workers",
                 flush=True,
             )
-        if i not in self._pings:
-            # Queued until Ray has restarted the actor; it maps the data again, then takes jobs.
+        if i not in self._pings and i not in self._reping:
+            # Once Ray has restarted the actor this maps the data again; then it takes jobs.
             self._pings[i] = self.workers[i].attach.remote(self.data)
+
+    def _maybe_grow(self) -> None:
+        """Starts workers on nodes that joined the cluster (autoscaling), every GROW_EVERY_S.
+
+        Only for a pool sized from the cluster (client.num_workers unset) outside a placement
+        group (a Tune trial keeps to its reserved bundles). New workers join the rotation when
+        their ``attach`` returns, like restarted ones.
+        """
+        cfg = self.cfg
+        now = time.perf_counter()
+        if (
+            cfg.client.num_workers is not None
+            or now - self._last_grow_check < GROW_EVERY_S
+            or ray.util.get_current_placement_group() is not None
+        ):
+            return
+        self._last_grow_check = now
+        try:
+            target = pool_size(cfg, ray.cluster_resources())
+        except RayflError:
+            return
+        if target <= len(self.workers):
+            return
+        new = make_pool(
+            cfg,
+            max_concurrency=self._max_concurrency,
+            size=target - len(self.workers),
+            first_index=len(self.workers),
+        )
+        for w in new:
+            i = len(self.workers)
+            self.workers.append(w)
+            self._outstanding.append(0)
+            self._alive.append(False)
+            self.worker_info.append({"index": i, "node_id": None, "pending": True})
+            self._pings[i] = w.attach.remote(self.data)
+        print(f"rayfl: the cluster grew: starting {len(new)} more client workers", flush=True)
 
     def _check_restarted(self) -> None:
         """Workers whose ping came back are alive again (Ray restarted them)."""
+        now = time.perf_counter()
+        for i, at in list(self._reping.items()):
+            if now >= at:
+                del self._reping[i]
+                self._pings[i] = self.workers[i].attach.remote(self.data)
         if not self._pings:
             return
         ready, _ = ray.wait(list(self._pings.values()), num_returns=len(self._pings), timeout=0)
@@ -353,8 +401,10 @@ class KAsyncServer:
             try:
                 self.worker_info[i] = ray.get(ping)
                 self._alive[i] = True
-            except ray.exceptions.RayActorError:
+            except ray.exceptions.ActorDiedError:
                 pass  # gone for good (max_restarts used up): it stays out of the pool
+            except ray.exceptions.RayActorError:
+                self._reping[i] = now + 1.0  # still restarting: ask again in a second
 
     def _fetch(self, ref: Any) -> list[Any]:
         """A batch's Updates; if its worker died, the batch is re-run on a live worker."""
@@ -410,6 +460,7 @@ class KAsyncServer:
         rows: list[dict[str, Any]] = []
         update_rows: list[dict[str, Any]] = []
         end = min(self.cfg.iterations, self.t + iterations)
+        self._maybe_grow()
         while self.t < end:
             row, ups = self.iterate()
             rows.append(row)
