@@ -128,22 +128,30 @@ def _run(args: argparse.Namespace) -> int:
                 "arguments (use --set to change e.g. iterations)"
             )
         from rayfl.server.driver import read_checkpoint
+        from rayfl.storage import is_uri
 
         run_dir = args.resume
-        read_checkpoint(Path(run_dir))  # not a run, or no checkpoint: one line, before Ray
-        cfg = load_config(str(Path(run_dir) / "config.yaml"), args.overrides)
+        if is_uri(run_dir):
+            if args.print_config:
+                raise RayflError("--print-config takes a local run folder, not a storage URI")
+            cfg = None  # rayfl.run fetches the run folder and its config from the storage
+        else:
+            read_checkpoint(Path(run_dir))  # not a run, or no checkpoint: one line, before Ray
+            cfg = load_config(str(Path(run_dir) / "config.yaml"), args.overrides)
     else:
         cfg = load_config(args.config or DEFAULT_PRESET, args.overrides)
     if args.print_config:
+        assert cfg is not None
         print(dump_config(cfg), end="")
         return 0
     from rayfl.server.driver import default_run_dir, run
 
     if args.resume is None:
+        assert cfg is not None
         run_dir = args.output or str(default_run_dir(cfg))
     try:
         result = run(
-            cfg,
+            cfg if cfg is not None else DEFAULT_PRESET,
             overrides=args.overrides if args.resume else (),
             output=None if args.resume else run_dir,
             resume=args.resume,
@@ -151,7 +159,7 @@ def _run(args: argparse.Namespace) -> int:
             progress=False if args.no_progress else None,
         )
     except KeyboardInterrupt:
-        resumable = (Path(run_dir) / "checkpoint.pkl").is_file()
+        resumable = "://" in run_dir or (Path(run_dir) / "checkpoint.pkl").is_file()
         hint = f"; resume with: rayfl run --resume {run_dir}" if resumable else ""
         print(f"\nrayfl: interrupted; the results so far are in {run_dir}{hint}", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -160,7 +168,12 @@ def _run(args: argparse.Namespace) -> int:
         from rayfl.plots import plot_run
 
         figures = plot_run(result.run_dir)
-    print(format_summary(result.summary, str(result.run_dir), len(figures)))
+    where = result.summary.get("storage", str(result.run_dir))
+    if "storage" in result.summary and figures:
+        from rayfl.storage import push_dir
+
+        push_dir(result.run_dir, where)
+    print(format_summary(result.summary, where, len(figures)))
     return 0
 
 

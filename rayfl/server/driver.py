@@ -38,6 +38,7 @@ from rayfl.metrics import (
     write_summary,
 )
 from rayfl.server.loop import KAsyncServer
+from rayfl.storage import Mirror, is_uri
 
 CHUNK = 10  # iterations per server call: how often the driver sees progress
 
@@ -211,14 +212,15 @@ def run(
         config: an ``ExperimentConfig``, a preset name, a YAML path or a mapping. Ignored with
             ``resume`` (the run folder's config.yaml is used, with ``overrides`` on top).
         overrides: ``key.path=value`` strings applied on top (as ``--set``).
-        output: the run folder; default ``runs/<name>-<timestamp>``.
+        output: the run folder, or a storage URI (``s3://...``, ``gs://...``, ``file://...``)
+            that every node can reach; default ``runs/<name>-<timestamp>``.
         address: a Ray cluster to connect to if Ray is not running yet (as ``ray.init``).
         progress: show a progress bar; default when stderr is a terminal.
         dataset: the data set already in the object store (``share_dataset``); it must be the
             config's data set. Used by Ray Tune so that trials share one copy.
         callback: called with each chunk of metric rows as they arrive (e.g. ``tune.report``);
             if it returns True the run stops early and cleanly (status "stopped").
-        resume: a run folder with a checkpoint: continue that run where its last checkpoint
+        resume: a run folder (or storage URI) with a checkpoint: continue that run where its last checkpoint
             left off (virtual clock: the final weights equal an uninterrupted run's).
         on_checkpoint: called with the run folder after each checkpoint is written.
 
@@ -230,6 +232,12 @@ def run(
         >>> result.final_accuracy  # doctest: +SKIP
     """
     restore: dict[str, Any] | None = None
+    mirror: Mirror | None = None
+    if resume is not None and is_uri(resume):
+        mirror = Mirror(str(resume))
+        resume = mirror.pull()
+    elif is_uri(output):
+        mirror = Mirror(str(output))
     if resume is not None:
         run_dir = Path(resume)
         restore = read_checkpoint(run_dir)
@@ -266,10 +274,18 @@ def run(
         ds, part = None, _partition(cfg, dataset.labels)
     else:
         ds, part = load_data(cfg)  # bad data fails here, before any folder or Ray exists
-    if restore is None:
+    if mirror is not None and restore is None:
+        mirror.check_writable()
+        if mirror.exists(METRICS_FILE):
+            raise RayflError(
+                f"output {mirror.uri} already holds a run: choose another --output or remove it"
+            )
+        run_dir = mirror.local
+    elif restore is None:
         run_dir = prepare_run_dir(Path(output) if output is not None else default_run_dir(cfg))
     else:
         run_dir = prepare_run_dir(run_dir, resuming=True)
+    where = mirror.uri if mirror is not None else str(run_dir)  # what the user calls the run
     atomic_write_bytes(run_dir / CONFIG_FILE, dump_config(cfg).encode())
     started_ray = ensure_ray(address)
     log = RunLog(run_dir)
@@ -331,6 +347,8 @@ def run(
                 log.flush()  # metrics first: a checkpoint never runs ahead of them
                 write_checkpoint(run_dir, _get(ref))
                 checkpointed = True
+                if mirror is not None:
+                    mirror.push()
                 if on_checkpoint is not None:
                     on_checkpoint(run_dir)
                 continue
@@ -347,6 +365,8 @@ def run(
             ):
                 log.flush()
                 last_flush = time.perf_counter()
+                if mirror is not None:
+                    mirror.push(force=False)
         if every:  # a finished run can be extended: rayfl run --resume DIR --set iterations=N
             write_checkpoint(run_dir, _get(server.checkpoint.remote()))
             checkpointed = True
@@ -363,9 +383,9 @@ def run(
         raise
     except ray.exceptions.RayActorError as e:
         status = "failed"
-        hint = f"; resume with: rayfl run --resume {run_dir}" if checkpointed else ""
+        hint = f"; resume with: rayfl run --resume {where}" if checkpointed else ""
         raise RayflError(
-            f"the server actor died ({e.__class__.__name__}); results so far are in {run_dir}{hint}"
+            f"the server actor died ({e.__class__.__name__}); results so far are in {where}{hint}"
         ) from None
     finally:
         bar.close()
@@ -392,8 +412,12 @@ def run(
             summary["wasted_jobs"] = info["wasted_jobs"]
             summary["jobs_lost"] = info["jobs_lost"]
         elif checkpointed:
-            summary["resume"] = f"rayfl run --resume {run_dir}"
+            summary["resume"] = f"rayfl run --resume {where}"
+        if mirror is not None:
+            summary["storage"] = mirror.uri
         write_summary(run_dir, summary)
+        if mirror is not None:
+            mirror.push()
         if server is not None:
             ray.kill(server)  # its worker actors are owned by it and go with it
         if started_ray:
