@@ -21,6 +21,8 @@ PARTITION = 1001  # data partition (rayfl.data.partition)
 INCENTIVE_POPULATION = 20  # private incentive traits (gamma, mu, delta_i, beta_i), keyed by client
 SELECTION = 22  # client selection draws and tie-breaks (rayfl.selection), keyed by round
 EXPERIMENT_B = 23  # bargaining-vs-NBS experiment draws (rayfl.selection.experiment_b), keyed by |C|
+ROUND_BATCH = 24  # synchronous rounds: local-epoch shuffles, keyed by (client, round)
+ROUND_LOSS = 25  # synchronous rounds: F_i(w(t)) mini-batches, keyed by (client, round)
 
 
 def rng(seed: int, stream: int, *ids: int) -> np.random.Generator:

@@ -296,6 +296,7 @@ def run(
     t0 = time.perf_counter()
     status = "running"
     checkpointed = restore is not None
+    calls: list[tuple[str, Any]] = []
     try:
         if dataset is not None:
             data = SharedData(
@@ -322,7 +323,6 @@ def run(
         del restore  # the server holds it now
         # Two calls in flight so the server never idles while the driver writes files. The
         # actor runs calls in order, so a checkpoint call sees exactly the chunks before it.
-        calls: list[tuple[str, Any]] = []
         requested = info["iteration"]
         every = cfg.checkpoint_every
 
@@ -377,6 +377,10 @@ def run(
         status = "stopped" if stop else "finished"
     except KeyboardInterrupt:
         status = "interrupted"
+        if server is not None and cfg.checkpoint_every:
+            checkpointed = _checkpoint_on_interrupt(server, calls, log, run_dir) or checkpointed
+            if checkpointed and mirror is not None:
+                mirror.push()
         raise
     except RayflError:
         status = "failed"
@@ -423,6 +427,29 @@ def run(
         if started_ray:
             ray.shutdown()
     return RunResult(run_dir=run_dir, config=cfg, summary=summary, weights=weights)
+
+
+def _checkpoint_on_interrupt(
+    server: Any, calls: list[tuple[str, Any]], log: RunLog, run_dir: Path
+) -> bool:
+    """After Ctrl-C: log the chunks still in flight, then write a checkpoint that matches the
+    metrics exactly. Gives up quietly (keeping the last periodic checkpoint) after 30 s or on a
+    second Ctrl-C. True if it wrote one."""
+    try:
+        deadline = time.monotonic() + 30.0
+        for kind, ref in calls:
+            value = ray.get(ref, timeout=max(0.1, deadline - time.monotonic()))
+            if kind == "chunk":
+                log.extend(value["metrics"], value["updates"])
+        state = ray.get(server.checkpoint.remote(), timeout=max(0.1, deadline - time.monotonic()))
+        done = log.metrics[-1]["iteration"] + 1 if log.metrics else 0
+        if state["t"] != done:
+            return False  # a chunk was lost mid-way: the checkpoint would run ahead of the metrics
+        log.flush()
+        write_checkpoint(run_dir, state)
+        return True
+    except (KeyboardInterrupt, Exception):
+        return False
 
 
 def write_checkpoint(run_dir: Path, state: dict[str, Any]) -> None:

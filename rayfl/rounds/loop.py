@@ -1,0 +1,374 @@
+"""The server side of synchronous FedAvg rounds with client selection (incentive spec 1-9).
+
+Round t, from w(t):
+
+1. **select** C(t): ``random`` (M uniformly), ``pow-d`` (d candidates by |D_i|, the M with the
+   highest reported loss; Cho, Wang and Joshi 2022) or ``incentive`` (cap, bids, candidates,
+   cheapest first, decomposed alternating-offers bargaining, additional selection, carry-over:
+   :func:`rayfl.selection.select_incentive`); M(t) = max(1, floor(K n(t)));
+2. **train**: each selected client runs E local epochs from w(t) on its worker, in parallel;
+3. **aggregate** (FedAvg, section 1): w(t+1) = sum_i |D_i| w_i / sum_i |D_i|;
+4. **evaluate** w(t+1) and **record** the round (section 8): payments, leftover, carried budget,
+   the server's utility u_S(t) = G_hat(t) - c_S |C(t)| - sum_i x_i, the clients' realised
+   utilities, social welfare, the Nash product of the bargain and its APE against the exact NBS.
+
+An empty candidate set (nobody bids under the cap) skips the round: no training, w(t+1) = w(t),
+the whole budget carries over, and the round is recorded with ``skipped = True``.
+
+What enters the server from the workers goes through :meth:`RoundServer._receive`, which counts
+the message types per phase (``RoundServer.received``): during selection only ``Bid``, ``Offer``
+and ``Response`` (incentive) or ``LossReport`` (pow-d, by its design); after selection
+``RoundUpdate``; and, for the records only, the clients' realised utilities (floats the selection
+never sees: a real server could not know them, the simulator reports them as the spec asks).
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import ray
+import torch
+
+from rayfl import seeding
+from rayfl.clients.worker import SharedData
+from rayfl.config import ExperimentConfig
+from rayfl.models import build_model, get_flat, set_flat
+from rayfl.rounds.client import RoundUpdate
+from rayfl.selection import (
+    IncentiveRound,
+    num_selected,
+    select_incentive,
+    select_pow_d,
+    select_random,
+)
+from rayfl.server.clock import SpeedModel
+from rayfl.training import Normalizer, evaluate
+
+SELECTORS = ("random", "pow-d", "incentive")
+
+
+class RoundServer:
+    """The global model, the selector's state (carried budget) and evaluation of sync rounds."""
+
+    def __init__(
+        self, cfg: ExperimentConfig, data: SharedData, workers: Sequence[Any], sizes: np.ndarray
+    ):
+        self.cfg = cfg
+        self.workers = list(workers)
+        self.sizes = np.asarray(sizes, dtype=np.int64)  # (N,) |D_i|: pow-d's draw, the clock
+        n = self.sizes.size
+        # Simulation time only (sys/virtual_time): a round lasts as long as its slowest client.
+        speed = SpeedModel(cfg.clock, n, work=1.0, model_bytes=0, seed=cfg.seed).speed
+        self.train_time = cfg.selection.epochs * self.sizes * speed  # (N,) virtual time units
+        self.model = build_model(cfg.model, data.input_shape, data.num_classes, cfg.seed)
+        self.w = get_flat(self.model)  # (P,) float32, w(t)
+        self.t = 0
+        self.carried = 0.0  # r(t-1), incentive only
+        self.virtual_time = 0.0
+        self.received: dict[str, collections.Counter[str]] = collections.defaultdict(
+            collections.Counter
+        )
+        x_test, y_test = ray.get([data.x_test, data.y_test])
+        if cfg.eval.max_samples is not None and cfg.eval.max_samples < len(y_test):
+            pick = seeding.rng(cfg.seed, seeding.EVAL_SUBSET).choice(
+                len(y_test), size=cfg.eval.max_samples, replace=False
+            )
+            pick.sort()
+            x_test, y_test = x_test[pick], y_test[pick]
+        self.x_eval, self.y_eval = x_test, y_test
+        self.normalize = Normalizer(data.mean, data.std, torch.device("cpu"))
+        self.accuracy = [self._evaluate()[0]]  # acc(w(t)) for t = 0, 1, ... (NaN if not evaluated)
+        self.gains: list[float] = []  # G(t) for t = 1, 2, ...
+        self.started_at = time.perf_counter()
+
+    # --- messages from the workers --------------------------------------------------------------
+
+    def _receive(
+        self, phase: str, refs: list[Any], order: Sequence[int] | None = None
+    ) -> list[Any]:
+        """The one door through which worker replies reach the server; counts their types.
+
+        With ``order`` (client ids), messages come back in that order whatever the number of
+        workers, so tie-breaks and the FedAvg sum do not depend on the pool size.
+        """
+        out = [x for part in ray.get(refs) for x in part]
+        self.received[phase].update(type(x).__name__ for x in out)
+        if order is not None:
+            pos = {int(i): k for k, i in enumerate(order)}
+            out.sort(key=lambda msg: pos.get(int(msg.client_id), len(pos)))
+        return out
+
+    def _by_worker(self, client_ids: Sequence[int]) -> dict[int, list[int]]:
+        """Client i is always served by worker i mod W (its bids must meet its replies)."""
+        groups: dict[int, list[int]] = collections.defaultdict(list)
+        for i in client_ids:
+            groups[int(i) % len(self.workers)].append(int(i))
+        return groups
+
+    def _evaluate(self) -> tuple[float, float]:
+        set_flat(self.model, self.w)
+        return evaluate(
+            self.model, self.x_eval, self.y_eval, self.normalize, self.cfg.eval.batch_size
+        )
+
+    # --- one round ------------------------------------------------------------------------------
+
+    def round(self) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
+        """Runs round t; returns (metrics row, rounds.parquet record, updates rows)."""
+        cfg, t = self.cfg, self.t
+        started = time.perf_counter()
+        n = self.sizes.size
+        m = num_selected(cfg.selection.k_fraction, n)
+        w_ref = ray.put(self.w)  # w(t), once in the object store for every worker
+        rng = seeding.rng(cfg.seed, seeding.SELECTION, t)
+        record: dict[str, Any] = _empty_record(t, cfg.selection.kind, m)
+
+        # --- select C(t) ---
+        payments = np.zeros(0)
+        incentive: IncentiveRound | None = None
+        if cfg.selection.kind == "random":
+            selected = select_random(np.arange(n), m, rng)
+        elif cfg.selection.kind == "pow-d":
+
+            def losses(ids: Sequence[int]) -> list[Any]:
+                return self._receive(
+                    "selection",
+                    [
+                        self.workers[j].round_losses.remote(c, t, w_ref)
+                        for j, c in self._by_worker(ids).items()
+                    ],
+                    order=ids,
+                )
+
+            pow_d = select_pow_d(self.sizes, losses, cfg.selection.d, m, rng)
+            selected = pow_d.selected
+            record["candidates"] = pow_d.candidates.tolist()
+            record["candidate_losses"] = pow_d.losses.tolist()
+        else:
+
+            def bids(ids: Sequence[int], cap: float) -> list[Any]:
+                return self._receive(
+                    "selection",
+                    [
+                        self.workers[j].round_bids.remote(c, cap, t, w_ref)
+                        for j, c in self._by_worker(ids).items()
+                    ],
+                    order=ids,
+                )
+
+            def replies(offers: Sequence[Any], cap: float) -> list[Any]:
+                groups: dict[int, list[Any]] = collections.defaultdict(list)
+                for o in offers:
+                    groups[o.client_id % len(self.workers)].append(o)
+                return self._receive(
+                    "selection",
+                    [self.workers[j].round_replies.remote(os, cap) for j, os in groups.items()],
+                    order=[o.client_id for o in offers],
+                )
+
+            incentive = select_incentive(
+                np.arange(n),
+                self.carried,
+                cfg.incentive.budget,
+                cfg.selection.k_fraction,
+                bids,
+                replies,
+                cfg.incentive,
+                rng,
+            )
+            self.carried = incentive.carried
+            selected, payments = incentive.selected, incentive.payments
+            record.update(_incentive_record(incentive))
+
+        # --- train E local epochs in parallel, then FedAvg ---
+        updates: list[RoundUpdate] = []
+        if selected.size:
+            updates = self._receive(
+                "training",
+                [
+                    self.workers[j].train_round.remote(c, t, w_ref)
+                    for j, c in self._by_worker(selected).items()
+                ],
+                order=selected.tolist(),
+            )
+            weights = np.array([u.num_samples for u in updates], dtype=np.float64)
+            weights /= weights.sum()
+            w = np.zeros(self.w.size, dtype=np.float64)
+            for p, u in zip(weights, updates, strict=True):
+                w += p * u.weights
+            self.w = w.astype(np.float32)
+            self.virtual_time += float(self.train_time[selected].max())
+            # Simulator's records only: the clients' realised utilities (random / pow-d: unpaid).
+            paid = dict(zip(selected.tolist(), payments.tolist(), strict=False))
+            groups = self._by_worker(selected)
+            utilities = self._receive(
+                "records",
+                [
+                    self.workers[j].round_utilities.remote(
+                        c, [paid.get(i, 0.0) for i in c], t, w_ref
+                    )
+                    for j, c in groups.items()
+                ],
+            )
+            u_of = dict(zip([i for c in groups.values() for i in c], utilities, strict=True))
+            record["client_utilities"] = [u_of[int(i)] for i in selected]
+
+        # --- evaluate w(t+1) ---
+        evaluated = bool(selected.size) and (
+            (t + 1) % cfg.eval.every == 0 or t + 1 == cfg.iterations
+        )
+        if evaluated:
+            acc, loss = self._evaluate()
+        elif not selected.size:  # skipped round: w(t+1) = w(t)
+            acc, loss = self.accuracy[-1], math.nan
+        else:
+            acc, loss = math.nan, math.nan
+        self.accuracy.append(acc)
+        self.t += 1
+
+        # --- utilities and welfare (section 8) ---
+        # G(t): this round's realised gain; G_hat(t) = (G(t-1) + G(t-2)) / 2, the server's
+        # prediction of it from the two rounds before (0 before any; NaN gains are skipped).
+        past = [g for g in self.gains[-2:] if not math.isnan(g)]
+        predicted = float(np.mean(past)) if past else 0.0
+        gain = cfg.incentive.gain_scale * (self.accuracy[-1] - self.accuracy[-2])
+        self.gains.append(gain)
+        u_server = predicted - cfg.incentive.c_s * selected.size - float(math.fsum(payments))
+        u_clients_sum = float(math.fsum(record["client_utilities"]))
+        record.update(
+            selected=[int(i) for i in selected],
+            num_selected=int(selected.size),
+            skipped=not selected.size,
+            gain=gain,
+            predicted_gain=predicted,
+            server_utility=u_server,
+            client_utility_sum=u_clients_sum,
+            social_welfare=u_server + u_clients_sum,
+            accuracy=acc,
+        )
+        train_loss = float(np.mean([u.loss for u in updates])) if updates else math.nan
+        now = time.perf_counter()
+        row: dict[str, Any] = {
+            "iteration": t,
+            "train/loss": train_loss,
+            "agg/k": int(selected.size),
+            "sel/m": m,
+            "sel/skipped": float(not selected.size),
+            "util/server": u_server,
+            "util/clients": u_clients_sum,
+            "util/social_welfare": u_server + u_clients_sum,
+            "sys/virtual_time": self.virtual_time,
+            "sys/round_s": now - started,
+            "sys/wall_s": now - self.started_at,
+        }
+        if not math.isnan(acc):
+            row["eval/accuracy"] = acc
+        if not math.isnan(loss):
+            row["eval/loss"] = loss
+        if incentive is not None:
+            row.update(incentive.metrics())
+        total = sum(u.num_samples for u in updates)
+        update_rows = [
+            {
+                "iteration": t,
+                "client_id": u.client_id,
+                "version": t,
+                "staleness": 0,
+                "weight": u.num_samples / total,
+                "loss": u.loss,
+            }
+            for u in updates
+        ]
+        return row, record, update_rows
+
+
+ROUND_COLUMNS = (
+    "round",
+    "selector",
+    "m",
+    "selected",
+    "num_selected",
+    "skipped",
+    "budget",
+    "announced_caps",
+    "num_bids",
+    "num_candidates",
+    "bids",
+    "caps",
+    "payments",
+    "steps",
+    "leftover",
+    "carried",
+    "disagreed",
+    "candidates",
+    "candidate_losses",
+    "server_bargain_utility",
+    "client_utilities",
+    "client_utility_sum",
+    "gain",
+    "predicted_gain",
+    "server_utility",
+    "social_welfare",
+    "log_nash_product",
+    "log_nash_product_nbs",
+    "nash_product",
+    "ape",
+    "accuracy",
+)
+"""The columns of rounds.parquet, one row per round (spec section 8)."""
+
+
+def _empty_record(t: int, kind: str, m: int) -> dict[str, Any]:
+    nan = math.nan
+    return {
+        "round": t,
+        "selector": kind,
+        "m": m,
+        "budget": nan,
+        "announced_caps": [],
+        "num_bids": [],
+        "num_candidates": [],
+        "bids": [],
+        "caps": [],
+        "payments": [],
+        "steps": [],
+        "leftover": nan,
+        "carried": nan,
+        "disagreed": [],
+        "candidates": [],
+        "candidate_losses": [],
+        "server_bargain_utility": [],
+        "client_utilities": [],
+        "log_nash_product": nan,
+        "log_nash_product_nbs": nan,
+        "nash_product": nan,
+        "ape": nan,
+    }
+
+
+def _incentive_record(r: IncentiveRound) -> dict[str, Any]:
+    return {
+        "budget": r.budget,
+        "announced_caps": list(r.announced_caps),
+        "num_bids": list(r.num_bids),
+        "num_candidates": list(r.num_candidates),
+        "bids": r.bids.tolist(),
+        "caps": r.caps.tolist(),
+        "payments": r.payments.tolist(),
+        "steps": r.steps.tolist(),
+        "leftover": float(math.fsum(r.leftover)),
+        "carried": r.carried,
+        "disagreed": r.disagreed.tolist(),
+        "server_bargain_utility": r.server_utility.tolist(),
+        "log_nash_product": r.log_nash_product,
+        "log_nash_product_nbs": r.log_nash_product_nbs,
+        "nash_product": math.exp(r.log_nash_product)
+        if math.isfinite(r.log_nash_product)
+        else math.nan,
+        "ape": r.ape,
+    }
