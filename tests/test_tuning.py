@@ -240,3 +240,19 @@ def test_every_shipped_search_parses_and_says_what_it_costs(path):
     assert spec.params
     header = [line for line in full.read_text().splitlines() if line.startswith("#")]
     assert any("Cost" in line for line in header), f"{path}: say what it costs in a comment"
+
+
+def test_a_search_over_the_incentive_mechanism_runs_sync_trials(ray_session, tmp_path):
+    spec = {
+        "base": "incentive",
+        "name": "incentive-smoke",
+        "set": ["iterations=3", "eval.every=1", "data.num_clients=20", "eval.max_samples=300"],
+        "search": {"incentive.delta_s": {"grid": [0.9, 0.95]}},
+        "metric": {"accuracy": 1.0, "mean:util/social_welfare": 0.001},
+        "num_samples": 1,
+    }
+    outcome = tune(spec, storage_path=str(tmp_path), verbose=0)
+    t = outcome.trials
+    assert len(t) == 2 and t["error"].isna().all()
+    assert t["objective"].notna().all()
+    assert sorted(t["config/incentive.delta_s"]) == [0.9, 0.95]
