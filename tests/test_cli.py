@@ -101,3 +101,20 @@ def test_unwritable_output(tmp_path):
     blocker.write_text("x")
     out = rayfl("run", "tiny", "--output", str(blocker / "sub"))
     assert out.returncode == 2 and "--output" in out.stderr
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["reproduce", "nothing"], "reproduction 'nothing' does not exist"),
+        (["reproduce", "akafl", "--seeds", "0"], "--seeds=0 is below 1"),
+        (["run", "--resume", "/nonexistent/run"], "no such folder"),
+        (["run", "tiny", "--set", "client.faults={kind: nan}"], "client.faults.client_ids"),
+    ],
+)
+def test_more_bad_input_is_one_line(argv, needle, capsys):
+    from rayfl.cli import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and len(err.splitlines()) == 1, err
