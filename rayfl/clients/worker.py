@@ -30,6 +30,10 @@ from rayfl.server.types import Job, Update
 from rayfl.training import UpdateComputer
 
 
+class NotAttachedError(RuntimeError):
+    """A call reached a worker that has not mapped the data (Ray restarted it): attach it."""
+
+
 @dataclasses.dataclass(frozen=True)
 class SharedData:
     """ObjectRefs of the arrays every worker maps (put once by the driver)."""
@@ -139,41 +143,45 @@ class ClientWorker:
 
     # --- synchronous rounds (incentive spec): what leaves a worker is only these messages ---
 
-    async def _in_thread(self, fn: Any, *args: Any) -> Any:
+    async def _in_thread(self, method: str, *args: Any) -> Any:
+        """Runs ``RoundClients.<method>(*args)`` in the compute thread."""
+        if self.computer is None:
+            # Ray restarted this worker (it died while idle) and nobody has attached it yet.
+            raise NotAttachedError(f"client worker {self.index} holds no data: attach() first")
         if self._rounds is None:
             raise RuntimeError("round methods need a config with mode: sync")
+        fn = getattr(self._rounds, method)
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     async def train_round(
         self, client_ids: list[int], t: int, weights: np.ndarray
     ) -> list[RoundUpdate]:
         """Trains each client E local epochs from w(t); its new weights, loss and |D_i|."""
-        return await self._in_thread(self._rounds.train, client_ids, t, weights)  # type: ignore[union-attr]
+        return await self._in_thread("train", client_ids, t, weights)
 
     async def round_losses(
         self, client_ids: list[int], t: int, weights: np.ndarray
     ) -> list[LossReport]:
         """pow-d: each candidate's F_i(w(t)), computed here on its local data."""
-        return await self._in_thread(self._rounds.loss_reports, client_ids, t, weights)  # type: ignore[union-attr]
+        return await self._in_thread("loss_reports", client_ids, t, weights)
 
     async def round_bids(
         self, client_ids: list[int], cap: float, t: int, weights: np.ndarray
     ) -> list[Bid]:
         """Incentive: each client's bid under ``cap``; its loss and costs stay here."""
-        return await self._in_thread(self._rounds.bids, client_ids, cap, t, weights)  # type: ignore[union-attr]
+        return await self._in_thread("bids", client_ids, cap, t, weights)
 
-    async def round_replies(self, offers: list[Offer], cap: float) -> list[Offer | Response]:
-        """Incentive: each client's accept / counter-offer to the server's offer."""
-        if self._rounds is None:
-            raise RuntimeError("round methods need a config with mode: sync")
-        # Pure arithmetic (microseconds) and ~250 calls per bargaining: no thread hop.
-        return self._rounds.replies(offers, cap)
+    async def round_replies(
+        self, offers: list[Offer], cap: float, t: int, weights: np.ndarray
+    ) -> list[Offer | Response]:
+        """Incentive: each client's accepts / counter-offers to the server's offers."""
+        return await self._in_thread("replies", offers, cap, t, weights)
 
     async def round_utilities(
         self, client_ids: list[int], payments: list[float], t: int, weights: np.ndarray
     ) -> list[float]:
         """The simulator's records only (never the selection): realised u_i of paid clients."""
-        return await self._in_thread(self._rounds.utilities, client_ids, payments, t, weights)  # type: ignore[union-attr]
+        return await self._in_thread("utilities", client_ids, payments, t, weights)
 
 
 def corrupt(vector: np.ndarray, kind: str) -> np.ndarray:

@@ -38,11 +38,10 @@ from rayfl.selection import (
     LossReport,
     Offer,
     PopulationParams,
-    client_reply,
     draw_client,
     make_bid,
 )
-from rayfl.selection.messages import Reply, bid_terms
+from rayfl.selection.messages import Reply, bid_terms, client_replies, offers_by_client
 from rayfl.server.clock import SpeedModel
 from rayfl.training import UpdateComputer
 
@@ -90,7 +89,6 @@ class RoundClients:
         self._private: dict[int, ClientPrivate] = {}
         self._round = -1
         self._losses: dict[int, float] = {}  # F_i(w(t)) of the current round
-        self._bids: dict[tuple[int, float], float] = {}  # (client, cap) -> its bid this round
 
     # --- private state ------------------------------------------------------------------------
 
@@ -111,7 +109,6 @@ class RoundClients:
         if t != self._round:
             self._round = t
             self._losses.clear()
-            self._bids.clear()
 
     def _own(self, client_id: int) -> np.ndarray:
         return self.c.indices[self.c.offsets[client_id] : self.c.offsets[client_id + 1]]
@@ -141,24 +138,34 @@ class RoundClients:
         """pow-d: each candidate's F_i(w(t)) (pow-d reveals the loss by design)."""
         return [LossReport(int(i), self._loss(int(i), t, weights)) for i in client_ids]
 
-    def bids(self, client_ids: Sequence[int], cap: float, t: int, weights: np.ndarray) -> list[Bid]:
-        """Each client's minimum reward R_{i,S}(t) under the announced cap (section 3)."""
-        out = []
-        for i in client_ids:
-            b = make_bid(
-                self._me(int(i)), self._loss(int(i), t, weights), self.tau_ref, self.bid_params
-            )
-            self._bids[(b.client_id, float(cap))] = b.amount
-            out.append(b)
-        return out
+    def _bid(self, client_id: int, t: int, weights: np.ndarray) -> Bid:
+        return make_bid(
+            self._me(client_id), self._loss(client_id, t, weights), self.tau_ref, self.bid_params
+        )
 
-    def replies(self, offers: Sequence[Offer], cap: float) -> list[Reply]:
-        """Each addressed client's answer to the server's offer (section 5)."""
+    def bids(self, client_ids: Sequence[int], cap: float, t: int, weights: np.ndarray) -> list[Bid]:
+        """Each client's minimum reward R_{i,S}(t) under the announced cap (section 3).
+
+        The bid does not depend on the cap: a client bids the same in every pass of a round.
+        """
+        return [self._bid(int(i), t, weights) for i in client_ids]
+
+    def replies(
+        self, offers: Sequence[Offer], cap: float, t: int, weights: np.ndarray
+    ) -> list[Reply]:
+        """Each addressed client's answers to the server's offers, up to its first Response
+        (section 5; :func:`~rayfl.selection.messages.client_replies`).
+
+        The client's bid is recomputed from (t, w(t)) if this worker did not take it (a worker
+        restarted, or the client's calls moved to another worker): it is a pure function of
+        them, so any worker answers the same.
+        """
         return [
-            client_reply(
-                self._me(o.client_id), self._bids[(o.client_id, float(cap))], cap, self.delta_s, o
+            r
+            for i, mine in offers_by_client(offers).items()
+            for r in client_replies(
+                self._me(i), self._bid(i, t, weights).amount, cap, self.delta_s, mine
             )
-            for o in offers
         ]
 
     # --- after selection ---------------------------------------------------------------------------

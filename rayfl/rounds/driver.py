@@ -170,6 +170,8 @@ def run_rounds(
             summary["num_workers"] = len(workers)
             summary["worker_nodes"] = sorted({w["node_id"] for w in info})
             summary["num_parameters"] = int(server.w.size) if server is not None else None
+        if server is not None:
+            summary["worker_failures"] = server.pool.failures
         write_summary(run_dir, summary)
         for w in workers:
             ray.kill(w)

@@ -27,7 +27,7 @@ from __future__ import annotations
 import collections
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -35,6 +35,7 @@ import ray
 import torch
 
 from rayfl import seeding
+from rayfl.clients.pool import WorkerPool
 from rayfl.clients.worker import SharedData
 from rayfl.config import ExperimentConfig
 from rayfl.models import build_model, get_flat, set_flat
@@ -59,7 +60,7 @@ class RoundServer:
         self, cfg: ExperimentConfig, data: SharedData, workers: Sequence[Any], sizes: np.ndarray
     ):
         self.cfg = cfg
-        self.workers = list(workers)
+        self.pool = WorkerPool(workers, data)  # re-runs the calls of a worker that died
         self.sizes = np.asarray(sizes, dtype=np.int64)  # (N,) |D_i|: pow-d's draw, the clock
         n = self.sizes.size
         # Simulation time only (sys/virtual_time): a round lasts as long as its slowest client.
@@ -73,6 +74,8 @@ class RoundServer:
         self.received: dict[str, collections.Counter[str]] = collections.defaultdict(
             collections.Counter
         )
+        # actor calls per phase (one per worker per message round, re-runs not counted)
+        self.calls: collections.Counter[str] = collections.Counter()
         x_test, y_test = ray.get([data.x_test, data.y_test])
         if cfg.eval.max_samples is not None and cfg.eval.max_samples < len(y_test):
             pick = seeding.rng(cfg.seed, seeding.EVAL_SUBSET).choice(
@@ -89,26 +92,35 @@ class RoundServer:
     # --- messages from the workers --------------------------------------------------------------
 
     def _receive(
-        self, phase: str, refs: list[Any], order: Sequence[int] | None = None
+        self,
+        phase: str,
+        items: Sequence[Any],
+        submit: Callable[[Any, list[Any]], Any],
+        order: Sequence[int] | None = None,
+        aligned: bool = False,
     ) -> list[Any]:
         """The one door through which worker replies reach the server; counts their types.
 
-        With ``order`` (client ids), messages come back in that order whatever the number of
-        workers, so tie-breaks and the FedAvg sum do not depend on the pool size.
+        ``submit(worker, part)`` makes one actor call for the part of ``items`` (client ids or
+        offers) whose clients that worker serves: one call per worker, all in flight at once,
+        re-run on a live worker if its worker dies (:meth:`WorkerPool.map`). With ``order``
+        (client ids), messages come back in that order whatever the number of workers, so
+        tie-breaks and the FedAvg sum do not depend on the pool size. With ``aligned`` (each call
+        returns one result per item of its part, items distinct), results come back in the
+        order of ``items``.
         """
-        out = [x for part in ray.get(refs) for x in part]
+        parts = self.pool.map(items, submit, key=_client_of)
+        if aligned:
+            of = {x: r for part, res in parts for x, r in zip(part, res, strict=True)}
+            out = [of[x] for x in items]
+        else:
+            out = [msg for _, res in parts for msg in res]  # each call returns a list
         self.received[phase].update(type(x).__name__ for x in out)
+        self.calls[phase] += len(parts)
         if order is not None:
             pos = {int(i): k for k, i in enumerate(order)}
             out.sort(key=lambda msg: pos.get(int(msg.client_id), len(pos)))
         return out
-
-    def _by_worker(self, client_ids: Sequence[int]) -> dict[int, list[int]]:
-        """Client i is always served by worker i mod W (its bids must meet its replies)."""
-        groups: dict[int, list[int]] = collections.defaultdict(list)
-        for i in client_ids:
-            groups[int(i) % len(self.workers)].append(int(i))
-        return groups
 
     def _evaluate(self) -> tuple[float, float]:
         set_flat(self.model, self.w)
@@ -138,10 +150,8 @@ class RoundServer:
             def losses(ids: Sequence[int]) -> list[Any]:
                 return self._receive(
                     "selection",
-                    [
-                        self.workers[j].round_losses.remote(c, t, w_ref)
-                        for j, c in self._by_worker(ids).items()
-                    ],
+                    ids,
+                    lambda w, part: w.round_losses.remote(part, t, w_ref),
                     order=ids,
                 )
 
@@ -154,21 +164,17 @@ class RoundServer:
             def bids(ids: Sequence[int], cap: float) -> list[Any]:
                 return self._receive(
                     "selection",
-                    [
-                        self.workers[j].round_bids.remote(c, cap, t, w_ref)
-                        for j, c in self._by_worker(ids).items()
-                    ],
+                    ids,
+                    lambda w, part: w.round_bids.remote(part, cap, t, w_ref),
                     order=ids,
                 )
 
             def replies(offers: Sequence[Any], cap: float) -> list[Any]:
-                groups: dict[int, list[Any]] = collections.defaultdict(list)
-                for o in offers:
-                    groups[o.client_id % len(self.workers)].append(o)
+                # One call per worker answers a window of offers for each of its clients.
                 return self._receive(
                     "selection",
-                    [self.workers[j].round_replies.remote(os, cap) for j, os in groups.items()],
-                    order=[o.client_id for o in offers],
+                    offers,
+                    lambda w, part: w.round_replies.remote(part, cap, t, w_ref),
                 )
 
             incentive = select_incentive(
@@ -190,10 +196,8 @@ class RoundServer:
         if selected.size:
             updates = self._receive(
                 "training",
-                [
-                    self.workers[j].train_round.remote(c, t, w_ref)
-                    for j, c in self._by_worker(selected).items()
-                ],
+                selected.tolist(),
+                lambda w, part: w.train_round.remote(part, t, w_ref),
                 order=selected.tolist(),
             )
             weights = np.array([u.num_samples for u in updates], dtype=np.float64)
@@ -205,18 +209,15 @@ class RoundServer:
             self.virtual_time += float(self.train_time[selected].max())
             # Simulator's records only: the clients' realised utilities (random / pow-d: unpaid).
             paid = dict(zip(selected.tolist(), payments.tolist(), strict=False))
-            groups = self._by_worker(selected)
             utilities = self._receive(
                 "records",
-                [
-                    self.workers[j].round_utilities.remote(
-                        c, [paid.get(i, 0.0) for i in c], t, w_ref
-                    )
-                    for j, c in groups.items()
-                ],
+                selected.tolist(),
+                lambda w, part: w.round_utilities.remote(
+                    part, [paid.get(i, 0.0) for i in part], t, w_ref
+                ),
+                aligned=True,
             )
-            u_of = dict(zip([i for c in groups.values() for i in c], utilities, strict=True))
-            record["client_utilities"] = [u_of[int(i)] for i in selected]
+            record["client_utilities"] = list(utilities)  # in selection order
 
         # --- evaluate w(t+1) ---
         evaluated = bool(selected.size) and (
@@ -263,6 +264,7 @@ class RoundServer:
             "util/clients": u_clients_sum,
             "util/social_welfare": u_server + u_clients_sum,
             "sys/virtual_time": self.virtual_time,
+            "sys/worker_failures": self.pool.failures,
             "sys/round_s": now - started,
             "sys/wall_s": now - self.started_at,
         }
@@ -285,6 +287,11 @@ class RoundServer:
             for u in updates
         ]
         return row, record, update_rows
+
+
+def _client_of(item: Any) -> int:
+    """The client an item of a worker call is about: a client id, or a message's client_id."""
+    return int(getattr(item, "client_id", item))
 
 
 ROUND_COLUMNS = (

@@ -83,7 +83,11 @@ BidsFn = Callable[[Sequence[int], float], Sequence[Bid]]
 """(client_ids, announced cap) -> their bids; a client may decline to bid by sending none."""
 
 RepliesFn = Callable[[Sequence[Offer], float], Sequence[Reply]]
-"""(the server's offers at one even step, announced cap) -> one Reply per offer."""
+"""(the server's offers, announced cap) -> the clients' Replies, at most one per offer.
+
+The offers may hold several for one client, at consecutive even steps 2k, 2k + 2, ...: offer k' is
+made in case the client counters offer k' - 1 and the server refuses that counter. A client
+answers them in step order and may stop at its first Response (:func:`client_replies`)."""
 
 
 # --- what stays with the client --------------------------------------------------------------------
@@ -197,6 +201,48 @@ def client_reply(
     return Offer(private.client_id, offer.step + 1, float(client_offer_price(k, cap, bid, step_i)))
 
 
+def client_replies(
+    private: ClientPrivate, bid: float, cap: float, delta_s: float, offers: Sequence[Offer]
+) -> list[Reply]:
+    """The client's answers to several of the server's offers at once (section 5).
+
+    ``offers`` are its next offers, at consecutive even steps in ascending order, each made in
+    case the previous one and the counter to it were refused (:data:`RepliesFn`). Answers each
+    as :func:`client_reply` would, vectorised, up to and including the first Response (after
+    it the bargaining is over, so the later offers go unanswered).
+    """
+    if not offers:
+        return []
+    ks = np.array([o.step for o in offers], dtype=np.int64)
+    if any(o.client_id != private.client_id for o in offers):
+        raise ValueError(f"offers for other clients sent to client {private.client_id}")
+    if (ks % 2).any() or (np.diff(ks) != 2).any():
+        raise ValueError(f"server offers are at consecutive even steps, got {ks.tolist()}")
+    ks //= 2
+    step_i = client_concession(private.beta_i, delta_s, private.delta_i)
+    prices = np.array([o.price for o in offers], dtype=np.float64)
+    accepts = client_accepts(prices, ks, cap, bid, step_i)  # (len(offers),) bool
+    first = int(np.argmax(accepts)) if accepts.any() else len(offers)
+    asks = client_offer_price(ks[:first], cap, bid, step_i)
+    out: list[Reply] = [
+        Offer(private.client_id, o.step + 1, float(x))
+        for o, x in zip(offers[:first], asks, strict=True)
+    ]
+    if first < len(offers):
+        out.append(Response(private.client_id, offers[first].step, True))
+    return out
+
+
+def offers_by_client(offers: Sequence[Offer]) -> dict[int, list[Offer]]:
+    """The offers of a :data:`RepliesFn` call per client, each client's in step order."""
+    out: dict[int, list[Offer]] = {}
+    for o in offers:
+        out.setdefault(int(o.client_id), []).append(o)
+    for group in out.values():
+        group.sort(key=lambda o: o.step)
+    return out
+
+
 class LocalClients:
     """The client side of selection and bargaining, run in process behind the two callbacks.
 
@@ -234,14 +280,12 @@ class LocalClients:
         return out
 
     def replies(self, offers: Sequence[Offer], cap: float) -> list[Reply]:
-        """Each addressed client's :func:`client_reply` to the server's offer."""
+        """Each addressed client's :func:`client_replies` to its offers (up to its first
+        Response)."""
         return [
-            client_reply(
-                self._population[o.client_id],
-                self._bids[(o.client_id, float(cap))],
-                cap,
-                self._delta_s,
-                o,
+            r
+            for i, mine in offers_by_client(offers).items()
+            for r in client_replies(
+                self._population[i], self._bids[(i, float(cap))], cap, self._delta_s, mine
             )
-            for o in offers
         ]

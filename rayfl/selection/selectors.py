@@ -13,9 +13,11 @@ M(t) = max(1, floor(K * n(t))) with K a fraction (section 1): :func:`num_selecte
 
 The client side runs behind callbacks, so the Ray layer can compute it inside the client workers:
 ``bids_fn(client_ids, cap) -> [Bid]`` and ``replies_fn(offers, cap) -> [Offer | Response]`` for the
-incentive round, ``losses_fn(candidate_ids) -> [LossReport]`` for pow-d. The server-side code
-here sees only those message types (anything else is a TypeError): never a loss (except pow-d's
-reports, by its design), a data size, a cost or a bargaining parameter of a client.
+incentive round, ``losses_fn(candidate_ids) -> [LossReport]`` for pow-d. One ``replies_fn`` call
+carries a window of each bargaining client's next offers, so a bargaining of A steps costs about
+log2(A) + 2 calls, not A / 2 (:func:`_window_end`). The server-side code here sees only those
+message types (anything else is a TypeError): never a loss (except pow-d's reports, by its
+design), a data size, a cost or a bargaining parameter of a client.
 
 Randomness (candidate draws, tie-breaks) comes only from the ``rng`` argument; the loop derives it
 as ``seeding.rng(seed, seeding.SELECTION, round)``.
@@ -263,32 +265,46 @@ def _received_bids(bids: Sequence[Any], asked: np.ndarray) -> tuple[np.ndarray, 
     return np.array(ids, dtype=np.int64), np.array(amounts, dtype=np.float64)
 
 
-def _received_replies(replies: Sequence[Any], offers: Sequence[Offer]) -> list[Reply]:
-    """The reply to each offer, in offer order; only Offer or Response messages, one per offer."""
-    by_id: dict[int, Reply] = {}
+def _received_replies(
+    replies: Sequence[Any], offers: Sequence[Offer]
+) -> dict[tuple[int, int], Reply]:
+    """The replies keyed by (client id, step of the offer they answer).
+
+    Only Offer or Response messages, at most one per offer: a Response answers the offer at its
+    own step, a counter Offer (at an odd step) the offer one step before. A client may leave its
+    later offers unanswered once it has sent a Response.
+    """
+    offered = {(o.client_id, o.step) for o in offers}
+    out: dict[tuple[int, int], Reply] = {}
     for r in replies:
         if not isinstance(r, (Offer, Response)):
             raise TypeError(
                 f"the server accepts only Offer or Response messages while bargaining, got "
                 f"{type(r).__name__}"
             )
-        if r.client_id in by_id:
-            raise ValueError(f"client {r.client_id} replied twice")
-        by_id[r.client_id] = r
-    out = []
-    for o in offers:
-        r = by_id.pop(o.client_id, None)
-        if r is None:
-            raise ValueError(f"client {o.client_id} did not reply to the offer at step {o.step}")
-        want = o.step if isinstance(r, Response) else o.step + 1
-        if r.step != want:
-            raise ValueError(f"client {o.client_id} replied at step {r.step}, expected {want}")
+        key = (r.client_id, r.step if isinstance(r, Response) else r.step - 1)
+        if key not in offered:
+            raise ValueError(f"client {r.client_id} replied at step {r.step} to no offer of ours")
+        if key in out:
+            raise ValueError(f"client {r.client_id} replied twice to the offer at step {key[1]}")
         if isinstance(r, Offer) and not math.isfinite(r.price):
-            raise ValueError(f"client {o.client_id} counter-offered price={r.price!r}")
-        out.append(r)
-    if by_id:
-        raise ValueError(f"replies from clients that were not offered anything: {sorted(by_id)}")
+            raise ValueError(f"client {r.client_id} counter-offered price={r.price!r}")
+        out[key] = r
     return out
+
+
+def _window_end(k: int, last_k: int, max_window: int | None) -> int:
+    """End (exclusive) of the server's offers sent together from its k-th: k, ..., 2k - 1.
+
+    One offer per message for k = 0 and 1, then windows that double (2, 4, 8, ...): a bargaining
+    of A steps takes about log2(A) + 2 messages each way instead of A / 2, and the offers sent
+    ahead never outnumber those already made. Speculation starts only after the server has seen
+    the client's counter-offers 0 and 1 and the client the server's offers 0 and 1: with the
+    linear schedules of section 5 those two fix every later offer of either side (given the
+    bid and cap both know), so answering ahead reveals nothing a live exchange would not.
+    """
+    size = max(1, k) if max_window is None else max(1, min(k, max_window))
+    return min(k + size, last_k + 1)
 
 
 def _bargain_with(
@@ -297,13 +313,18 @@ def _bargain_with(
     cap: float,
     params: BargainParams,
     replies_fn: RepliesFn,
+    max_window: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The server's side of section 5 with each of ``ids``, run as a message exchange.
 
-    Each loop turn is one step pair: the server's k-th offers (step 2k) go out; each client
-    accepts, counters (step 2k + 1; the server accepts it iff U_S >= T_S(k + 1)), or breaks off.
-    Gives the same prices and steps as :func:`~rayfl.selection.bargaining.bargain` with the
-    clients' private parameters, without the server knowing them.
+    Each inner loop turn is one step pair: the server's k-th offer (step 2k); the client accepts,
+    counters (step 2k + 1; the server accepts it iff U_S >= T_S(k + 1)), or breaks off. The
+    server sends its offers k, ..., 2k - 1 to every client still bargaining in one
+    ``replies_fn`` call (:func:`_window_end`; offer k' is made in case offer k' - 1 and the
+    counter to it are both refused), then replays the answers one step pair at a time and stops
+    at each client's agreement: prices and steps are those of the live exchange, which is also
+    :func:`~rayfl.selection.bargaining.bargain` with the clients' private parameters, without
+    the server knowing them. Answers past the agreement are ignored.
 
     Returns:
         (price, steps, agreed), each (len(ids),); price is NaN and steps max_steps + 1 where the
@@ -314,35 +335,50 @@ def _bargain_with(
     steps = np.full(n, params.max_steps + 1, dtype=np.int64)
     agreed = np.zeros(n, dtype=bool)
     active = np.arange(n)
+    last_k = params.max_steps // 2  # the server's last offer is at step 2 * last_k
     k = 0
-    while active.size and 2 * k <= params.max_steps:
-        # --- the server's k-th offers, at step 2k ---
-        offered = server_offer_price(k, cap, bids[active], params.beta_s)  # (len(active),)
-        offers = [Offer(int(ids[j]), 2 * k, float(x)) for j, x in zip(active, offered, strict=True)]
-        replies = _received_replies(replies_fn(offers, cap), offers)
+    while active.size and k <= last_k:
+        # --- the server's offers k, ..., end - 1 (steps 2k, 2k + 2, ...), sent together ---
+        window = range(k, _window_end(k, last_k, max_window))
+        offered = np.stack(
+            [server_offer_price(kk, cap, bids[active], params.beta_s) for kk in window], axis=1
+        )  # (len(active), len(window))
+        row = {int(j): r for r, j in enumerate(active)}
+        offers = [
+            Offer(int(ids[j]), 2 * kk, float(x))
+            for j, xs in zip(active, offered, strict=True)
+            for kk, x in zip(window, xs, strict=True)
+        ]
+        got = _received_replies(replies_fn(offers, cap), offers)
 
-        # --- the clients' answers: accept, break off, or counter ---
-        countered: list[int] = []
-        asks: list[float] = []
-        for j, offer, reply in zip(active, offers, replies, strict=True):
-            if isinstance(reply, Response):
-                steps[j] = offer.step
-                agreed[j] = reply.accept
-                price[j] = offer.price if reply.accept else np.nan
-            else:
-                countered.append(int(j))
-                asks.append(reply.price)
-        if not countered or 2 * k + 1 > params.max_steps:
-            break
-        # --- the server answers the counter-offers (step 2k + 1) ---
-        cj = np.array(countered)
-        ask = np.array(asks)
-        ok = server_accepts(ask, k, cap, bids[cj], params.beta_s)
-        agreed[cj[ok]] = True
-        price[cj[ok]] = ask[ok]
-        steps[cj[ok]] = 2 * k + 1
-        active = cj[~ok]
-        k += 1
+        # --- replay them one step pair at a time: accept, break off, or counter ---
+        for kk in window:
+            countered: list[int] = []
+            asks: list[float] = []
+            for j in active:
+                reply = got.get((int(ids[j]), 2 * kk))
+                if reply is None:
+                    raise ValueError(f"client {ids[j]} did not reply to the offer at step {2 * kk}")
+                if isinstance(reply, Response):
+                    steps[j] = 2 * kk
+                    agreed[j] = reply.accept
+                    price[j] = float(offered[row[int(j)], kk - k]) if reply.accept else np.nan
+                else:
+                    countered.append(int(j))
+                    asks.append(reply.price)
+            if not countered or 2 * kk + 1 > params.max_steps:
+                return price, steps, agreed
+            # --- the server answers the counter-offers (step 2kk + 1) ---
+            cj = np.array(countered)
+            ask = np.array(asks)
+            ok = server_accepts(ask, kk, cap, bids[cj], params.beta_s)
+            agreed[cj[ok]] = True
+            price[cj[ok]] = ask[ok]
+            steps[cj[ok]] = 2 * kk + 1
+            active = cj[~ok]
+            if not active.size:
+                break
+        k = window.stop
     return price, steps, agreed
 
 
@@ -355,6 +391,8 @@ def select_incentive(
     replies_fn: RepliesFn,
     bargain_params: BargainParams | Any,
     rng: np.random.Generator,
+    *,
+    max_window: int | None = None,
 ) -> IncentiveRound:
     """One round of the incentive mechanism (spec sections 2, 4, 5 and 6), server side.
 
@@ -379,10 +417,14 @@ def select_incentive(
         k_fraction: K in (0, 1] (``selection.k_fraction``, default 0.1).
         bids_fn: (client ids, cap) -> Bids, computed by the clients (e.g.
             :meth:`~rayfl.selection.messages.LocalClients.bids`).
-        replies_fn: (offers, cap) -> one Offer or Response per offer, computed by the clients.
+        replies_fn: (offers, cap) -> the clients' Offer or Response to each offer, computed by
+            the clients (:data:`~rayfl.selection.messages.RepliesFn`). One call carries a
+            window of each bargaining client's next offers (:func:`_window_end`).
         bargain_params: beta_S, delta_S, max_steps (:class:`BargainParams` or any object with
             those attributes).
         rng: the round's generator, for the tie-breaks.
+        max_window: at most this many offers per client in one ``replies_fn`` call (default:
+            no limit; 1 is the strict one-step-at-a-time exchange). The outcome is the same.
 
     Raises:
         ConfigError: per_round_budget <= 0 (``incentive.budget``) or K outside (0, 1].
@@ -431,7 +473,7 @@ def select_incentive(
         order = _random_order(c_bids, rng)[:slots]
         c_ids, c_bids = c_ids[order], c_bids[order]
         # --- one bargaining per chosen client ---
-        price, steps, agreed = _bargain_with(c_ids, c_bids, cap, params, replies_fn)
+        price, steps, agreed = _bargain_with(c_ids, c_bids, cap, params, replies_fn, max_window)
         sel_ids.append(c_ids[agreed])
         sel_bids.append(c_bids[agreed])
         sel_caps.append(np.full(int(agreed.sum()), cap))

@@ -3,30 +3,14 @@
 from __future__ import annotations
 
 import csv
-import subprocess
-import sys
 
 
-def test_reproduce_incentive_quick(ray_address, tmp_path):
+def test_reproduce_incentive_quick(ray_address, tmp_path, cli):
     out = tmp_path / "repro"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "rayfl.cli",
-            "reproduce",
-            "incentive",
-            "--quick",
-            "--output",
-            str(out),
-            "--address",
-            ray_address,
-            "--no-progress",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    proc = cli(
+        "reproduce", "incentive", "--quick", "--output", str(out), "--address", ray_address,
+        "--no-progress",
+    )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     table = (out / "incentive.md").read_text()
     assert table in proc.stdout  # the CLI prints the main table

@@ -27,7 +27,8 @@ from rayfl.selection import (
     make_bid,
     reference_time,
 )
-from rayfl.selection.messages import bid_terms
+from rayfl.selection.bargaining import server_offer_price
+from rayfl.selection.messages import bid_terms, client_replies, offers_by_client
 from rayfl.selection.population import population_params
 
 PRIVATE_NAMES = {f.name for f in dataclasses.fields(ClientPrivate)} - {"client_id"}
@@ -160,6 +161,56 @@ def test_client_reply_checks_the_offer():
         client_reply(private(), 0.2, 1.0, 0.95, Offer(1, 0, 0.2))  # someone else's offer
     with pytest.raises(ValueError):
         client_reply(private(), 0.2, 1.0, 0.95, Offer(0, 1, 0.2))  # odd steps are the client's
+
+
+def test_client_replies_answer_a_window_up_to_the_first_acceptance():
+    p = private(beta_i=0.25, delta_i=0.9)  # the example above, all three offers in one message
+    offers = [Offer(0, 0, 0.2), Offer(0, 2, 0.4), Offer(0, 4, 0.6), Offer(0, 6, 0.8)]
+    replies = client_replies(p, 0.2, 1.0, 0.9, offers)
+    assert replies == [Offer(0, 1, pytest.approx(1.0)), Offer(0, 3, pytest.approx(0.8))] + [
+        Response(0, 4, True)  # and offer 6 goes unanswered: the bargaining is over
+    ]
+    assert client_replies(p, 0.2, 1.0, 0.9, offers[:2]) == replies[:2]  # no acceptance yet
+    assert client_replies(p, 0.2, 1.0, 0.9, []) == []
+    with pytest.raises(ValueError):
+        client_replies(p, 0.2, 1.0, 0.9, [Offer(0, 0, 0.2), Offer(0, 4, 0.6)])  # a gap
+    with pytest.raises(ValueError):
+        client_replies(p, 0.2, 1.0, 0.9, [Offer(1, 0, 0.2)])  # someone else's offer
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    beta_i=st.floats(0.001, 0.3),
+    delta_i=st.floats(0.5, 0.99),
+    bid=st.floats(0.0, 2.0),
+    surplus=st.one_of(st.just(0.0), st.floats(0.0, 3.0)),
+    beta_s=st.floats(0.001, 0.3),
+    k0=st.integers(0, 600),
+    n=st.integers(1, 40),
+)
+def test_client_replies_equal_one_client_reply_per_offer(
+    beta_i, delta_i, bid, surplus, beta_s, k0, n
+):
+    """Bit for bit: the vectorised window gives the one-offer-at-a-time answers."""
+    p = private(beta_i=beta_i, delta_i=delta_i)
+    cap = bid + surplus
+    offers = [
+        Offer(0, 2 * k, float(server_offer_price(k, cap, bid, beta_s))) for k in range(k0, k0 + n)
+    ]
+    one = []
+    for o in offers:
+        one.append(client_reply(p, bid, cap, 0.95, o))
+        if isinstance(one[-1], Response):
+            break
+    assert client_replies(p, bid, cap, 0.95, offers) == one
+
+
+def test_offers_by_client_sorts_each_clients_offers_by_step():
+    offers = [Offer(3, 2, 0.5), Offer(1, 0, 0.1), Offer(3, 0, 0.4), Offer(1, 2, 0.2)]
+    assert offers_by_client(offers) == {
+        3: [Offer(3, 0, 0.4), Offer(3, 2, 0.5)],
+        1: [Offer(1, 0, 0.1), Offer(1, 2, 0.2)],
+    }
 
 
 def test_local_clients_answer_with_messages_only():

@@ -394,6 +394,96 @@ def test_protocol_matches_full_information_bargain(seed):
     np.testing.assert_allclose(r.server_utility, ref.server_utility, rtol=1e-12)
 
 
+class CountingClients(LocalClients):
+    """LocalClients that count the server's ``replies_fn`` calls and the offers in them."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.calls: list[int] = []  # offers per call
+
+    def replies(self, offers, cap):
+        self.calls.append(len(offers))
+        return super().replies(offers, cap)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_offers_sent_ahead_give_the_one_step_at_a_time_outcome(seed):
+    """The windowed exchange (offers k..2k-1 in one message) is bit-identical to the live one
+    (max_window=1: one offer per client per message), in about log2(A) + 2 calls, not A / 2."""
+    n = 12
+    population = draw_population(np.full(n, 300), np.full(n, 0.5), seed=seed)
+    losses = np.random.default_rng(seed).uniform(0.0, 3.0, n)
+    rounds, calls = [], []
+    for window in (1, None):
+        local = CountingClients(
+            population, losses, reference_time(population, 1), BidParams(), 0.95
+        )
+        rounds.append(
+            select_incentive(
+                range(n),
+                0.5,
+                10.0,
+                0.5,
+                local.bids,
+                local.replies,
+                BargainParams(),
+                np.random.default_rng(seed),
+                max_window=window,
+            )
+        )
+        calls.append(local.calls)
+    live, windowed = rounds
+    for f in IncentiveRound.__dataclass_fields__:
+        a, b = getattr(live, f), getattr(windowed, f)
+        if isinstance(a, np.ndarray):
+            np.testing.assert_array_equal(a, b)
+        elif isinstance(a, float) and math.isnan(a):
+            assert math.isnan(b)
+        else:
+            assert a == b, f
+    passes = len(live.announced_caps)
+    steps = int(live.steps.max())
+    assert steps > 400  # the defaults: ~500 offers per bargain
+    assert len(calls[0]) >= steps // 2  # the live exchange: one call per step pair
+    assert len(calls[1]) <= passes * (math.log2(steps) + 3)
+    # offers sent ahead never outnumber those a live exchange makes by more than twice
+    assert sum(calls[1]) <= 2 * sum(calls[0])
+
+
+def test_replies_past_the_agreement_are_ignored_and_bad_ones_rejected():
+    clients = FixedBids({0: 1.0, 1: 2.0})  # answers every offer, even after accepting
+    ref = run_round(clients)
+    strict = select_incentive(
+        [0, 1],
+        0.0,
+        10.0,
+        0.5,
+        clients.bids,
+        clients.replies,
+        BargainParams(),
+        np.random.default_rng(0),
+        max_window=1,
+    )
+    np.testing.assert_array_equal(ref.payments, strict.payments)
+    np.testing.assert_array_equal(ref.steps, strict.steps)
+
+    def shifted(offers, cap):  # answers an offer that was never made
+        return [Response(o.client_id, o.step + 2, True) for o in offers]
+
+    def silent(offers, cap):  # client 1 never answers
+        return [r for r in clients.replies(offers, cap) if r.client_id != 1]
+
+    def twice(offers, cap):
+        out = clients.replies(offers, cap)
+        return out + out[:1]
+
+    for bad in (shifted, silent, twice):
+        with pytest.raises(ValueError):
+            select_incentive(  # K = 1: both clients bargain
+                [0, 1], 0.0, 10.0, 1.0, clients.bids, bad, BargainParams(), np.random.default_rng(0)
+            )
+
+
 # --- properties ------------------------------------------------------------------------------------
 
 
