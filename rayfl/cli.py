@@ -78,6 +78,12 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument("name", help="akafl | incentive")
     rp.add_argument("--quick", action="store_true", help="a small version (minutes; used in CI)")
     rp.add_argument("--seeds", type=int, help="seeds per configuration (default: the paper's)")
+    rp.add_argument(
+        "--iterations",
+        type=int,
+        metavar="N",
+        help="shorten every run to N iterations (akafl) or rounds (incentive)",
+    )
     rp.add_argument("--output", "-o", help="output folder (default: reproduce/<name>-<timestamp>)")
     rp.add_argument("--address", help="Ray cluster address to connect to")
     rp.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -241,6 +247,8 @@ def _reproduce(args: argparse.Namespace) -> int:
     fn = get(args.name)
     if args.seeds is not None and args.seeds < 1:
         raise RayflError(f"--seeds={args.seeds} is below 1: use 1 or more seeds")
+    if args.iterations is not None and args.iterations < 1:
+        raise RayflError(f"--iterations={args.iterations} is below 1: use 1 or more")
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     out = Path(args.output or f"reproduce/{args.name}{'-quick' if args.quick else ''}-{stamp}")
     try:
@@ -250,6 +258,7 @@ def _reproduce(args: argparse.Namespace) -> int:
             seeds=args.seeds,
             address=args.address,
             progress=False if args.no_progress else None,
+            iterations=args.iterations,
         )
     except KeyboardInterrupt:
         print(f"\nrayfl: interrupted; the results so far are in {out}", file=sys.stderr)

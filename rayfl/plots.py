@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 PathLike = str | os.PathLike[str]
 
-__all__ = ["plot_run", "compare_runs"]
+__all__ = ["plot_run", "compare_runs", "compare_histograms"]
 
 _DPI = 120
 _PANEL_SIZE = (6.0, 4.0)  # inches per panel
@@ -418,6 +418,9 @@ def compare_runs(
     out_path: PathLike,
     metric: str = "eval/accuracy",
     x: str = "iteration",
+    *,
+    diff: bool = False,
+    title: str | None = None,
 ) -> pathlib.Path:
     """Overlays one metric of several runs in one figure, e.g. the arms of an ablation.
 
@@ -431,6 +434,10 @@ def compare_runs(
         out_path: the image to write; its suffix picks the format (``.png``, ``.pdf``, ``.svg``).
         metric: the column of ``metrics.parquet`` to compare, e.g. ``"train/loss"``.
         x: the column to plot it against: ``"iteration"``, ``"sys/virtual_time"``, ...
+        diff: plot the increment of ``metric`` from one row to the next instead of its value,
+            e.g. ``metric="sys/virtual_time", diff=True``: the virtual time each iteration took
+            (drawn faint, with a moving average on top).
+        title: the figure's title; default "<metric> vs <x>".
 
     Returns:
         ``out_path`` as a ``pathlib.Path``.
@@ -455,6 +462,9 @@ def compare_runs(
                 )
         found = _series(columns, x, metric)
         assert found is not None  # both columns have values, checked above
+        if diff:
+            xs, (ys,) = found
+            found = (xs[1:], [np.diff(ys)])
         runs.append((_run_name(run_dir), pathlib.Path(run_dir).resolve().name, found))
 
     names = [name for name, _, _ in runs]
@@ -465,7 +475,7 @@ def compare_runs(
         label = name if names.count(name) == 1 or name == folder else f"{name} ({folder})"
         color = f"C{i % 10}"
         window = _smoothing_window(ys.size)
-        if metric.startswith("train/") and window > 1:  # noisy per-iteration curve
+        if (diff or metric.startswith("train/")) and window > 1:  # noisy per-iteration curve
             ax.plot(xs, ys, color=color, alpha=_ALPHA_RAW, linewidth=0.8)
             ax.plot(xs, _moving_average(ys, window), color=color, linewidth=1.8, label=label)
         else:
@@ -475,11 +485,93 @@ def compare_runs(
     if _wants_log_y(np.concatenate(every_y)):
         ax.set_yscale("log")
     ax.set_xlabel(_label(x))
-    ax.set_ylabel(_label(metric))
-    ax.set_title(f"{_label(metric)} vs {_label(x)}")
+    ylabel = f"increment of {_label(metric)} per row" if diff else _label(metric)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title or f"{ylabel} vs {_label(x)}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
 
+    path = pathlib.Path(out_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return _save(fig, path)
+
+
+def compare_histograms(
+    run_dirs: Sequence[PathLike],
+    out_path: PathLike,
+    metric: str,
+    *,
+    bins: int = 40,
+    threshold: float | None = None,
+    log_x: bool | None = None,
+    title: str | None = None,
+) -> pathlib.Path:
+    """Overlays the histograms of one per-iteration metric of several runs (share of iterations).
+
+    Used for the AKAFL-RJ paper's Fig. 9 (``agg/max_weight``: how often one update dominates the
+    estimate, ``threshold=0.8``) and Fig. 10 (``agg/lr``). With ``threshold``, a dashed line marks
+    it and each label gives the share of iterations above it.
+
+    Args:
+        run_dirs: run folders written by ``rayfl run``.
+        out_path: the image to write.
+        metric: a column of ``metrics.parquet``.
+        bins: number of bins, shared by all runs (over the pooled range).
+        threshold: mark this value and report the share of iterations above it.
+        log_x: logarithmic bins; default when the values are positive and span more than 10x.
+        title: the figure's title; default "histogram of <metric>".
+
+    Returns:
+        ``out_path`` as a ``pathlib.Path``.
+
+    Raises:
+        RayflError: no runs given, a folder is not a run, or a run has no values for ``metric``.
+    """
+    if not run_dirs:
+        raise RayflError("compare_histograms got no run folders: pass at least one run folder")
+    runs = []
+    for run_dir in run_dirs:
+        columns = _read_metrics(run_dir)
+        if not _has(columns, metric):
+            raise RayflError(
+                f"{run_dir} has no values for '{metric}' in metrics.parquet: "
+                f"pick one of {sorted(c for c in columns if _has(columns, c))}"
+            )
+        values = columns[metric][np.isfinite(columns[metric])]
+        runs.append((_run_name(run_dir), values))
+    pooled = np.concatenate([v for _, v in runs])
+    low, high = float(pooled.min()), float(pooled.max())
+    if log_x is None:
+        log_x = _wants_log_y(pooled)
+    if high <= low:
+        high = low + 1e-12 if low == 0 else low * (1 + 1e-6) + 1e-12
+    edges = np.geomspace(low, high, bins + 1) if log_x else np.linspace(low, high, bins + 1)
+
+    fig, axes = _new_figure(1, 1)
+    ax = axes[0, 0]
+    for i, (name, values) in enumerate(runs):
+        label = name
+        if threshold is not None:
+            label = f"{name}: {float(np.mean(values > threshold)):.1%} above {threshold:g}"
+        weights = np.full(values.size, 1.0 / values.size)
+        ax.hist(
+            values,
+            bins=edges,
+            weights=weights,
+            histtype="step",
+            linewidth=1.6,
+            color=f"C{i % 10}",
+            label=label,
+        )
+    if threshold is not None:
+        ax.axvline(threshold, color="black", linestyle="--", linewidth=1)
+    if log_x:
+        ax.set_xscale("log")
+    ax.set_xlabel(_label(metric))
+    ax.set_ylabel("share of iterations")
+    ax.set_title(title or f"histogram of {_label(metric)}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     path = pathlib.Path(out_path)
     path.parent.mkdir(parents=True, exist_ok=True)
     return _save(fig, path)

@@ -32,3 +32,19 @@ def ray_session():
 def ray_address(ray_session):
     """The GCS address of the session's cluster, for CLI subprocesses (--address)."""
     return ray_session.get_runtime_context().gcs_address
+
+
+def run_cli(*args: str, timeout: float = 600):
+    """``python -m rayfl.cli ARGS`` in a subprocess (CleanRL style); the CompletedProcess."""
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-m", "rayfl.cli", *args], capture_output=True, text=True, timeout=timeout
+    )
+
+
+@pytest.fixture(scope="session")
+def cli():
+    """:func:`run_cli`, for tests that drive the real command line."""
+    return run_cli

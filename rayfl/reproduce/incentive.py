@@ -48,14 +48,16 @@ def reproduce(
     seeds: int | None,
     address: str | None,
     progress: bool | None,
+    iterations: int | None = None,
 ) -> Path:
-    """Runs experiments A and B into ``output`` and returns the path of ``incentive.md``."""
+    """Runs experiments A and B into ``output`` and returns the path of ``incentive.md``;
+    ``iterations`` sets experiment A's number of rounds (default 60, quick 6)."""
     from rayfl.server.driver import ensure_ray
 
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     n_seeds = seeds if seeds is not None else (2 if quick else 15)
-    rounds = 6 if quick else 60
+    rounds = iterations if iterations is not None else (6 if quick else 60)
     repetitions = 20 if quick else 500
     started = time.perf_counter()
     started_ray = ensure_ray(address)
@@ -92,7 +94,8 @@ def reproduce(
         "# Incentive mechanism: experiments A and B",
         "",
         f"`rayfl reproduce incentive{' --quick' if quick else ''}"
-        f"{f' --seeds {seeds}' if seeds is not None else ''}`; machine: {machine}.",
+        f"{f' --seeds {seeds}' if seeds is not None else ''}"
+        f"{f' --iterations {iterations}' if iterations is not None else ''}`; machine: {machine}.",
         f"Experiment A: {rounds} rounds x {n_seeds} seeds x 3 selectors in "
         f"{wall_a / 60:.1f} min; experiment B: {repetitions} repetitions per |C| in {wall_b:.1f} s.",
         "Setting: presets `random`, `pow-d`, `incentive` (MNIST, `paper` partition: 100 clients "
