@@ -3,8 +3,11 @@
 # with its own CPUs and a custom resource label, for trying multi-node behaviour without a cloud.
 #
 #   cluster/local.sh up        start the head and the two worker nodes (prints the address)
+#   cluster/local.sh add NAME  join one more worker node (resource node_NAME) to the running
+#                              cluster, e.g. to watch a run grow its pool (prints the node's pid)
 #   cluster/local.sh status    the nodes and their resources (ray status) and our process ids
-#   cluster/local.sh down      stop exactly this cluster (other Ray instances on the host survive)
+#   cluster/local.sh down      stop exactly this cluster, added nodes included (other Ray
+#                              instances on the host survive)
 #
 # Then, for example:
 #   export RAY_AUTH_MODE=token  # the cluster requires the token (~/.ray/auth_token)
@@ -15,7 +18,9 @@
 #   RAYFL_LOCAL_DIR         state folder: pid files, node logs, Ray's temp dir (/tmp/rayfl-local)
 #   RAYFL_LOCAL_PORT        the head's GCS port, i.e. the cluster address 127.0.0.1:PORT (6390)
 #   RAYFL_LOCAL_PORT_BASE   first of a block of ~700 ports used by the nodes' daemons and workers
-#                           (26400); pick another block to run a second cluster beside this one
+#                           (26400); pick another block to run a second cluster beside this one.
+#                           Node number n (head 0, node_a 1, node_b 2, added nodes 3, 4, ...)
+#                           uses BASE+10n..BASE+10n+9 and the workers' BASE+100+200n..+199
 #   RAYFL_LOCAL_HEAD_CPUS   CPUs of the head (0: it runs only the driver, the rayfl server actor
 #                           and Ray's own daemons; the client workers go to the worker nodes)
 #   RAYFL_LOCAL_WORKER_CPUS CPUs of each worker node (1)
@@ -96,15 +101,16 @@ print(sum(1 for n in nodes.values() if n.state == 0))  # 0: ALIVE
 EOF
 }
 
-# Starts node $1 (number $2, then `ray start` options) until the cluster has $2 + 1 nodes; up to
-# three attempts, since a node can abort on start when the machine is busy (see above).
+# Starts node $1 (number $2, then `ray start` options) until the cluster has $WANT (default
+# $2 + 1) alive nodes; up to three attempts, since a node can abort on start when the machine is
+# busy (see above).
 start_and_wait() {
-  local name=$1 idx=$2 attempt n=0
+  local name=$1 idx=$2 want=${WANT:-$(($2 + 1))} attempt n=0
   for attempt in 1 2 3; do
     start_node "$@"
     for _ in $(seq 1 180); do
       n=$(count_nodes)
-      [[ "$n" -ge $((idx + 1)) ]] && return 0
+      [[ "$n" -ge "$want" ]] && return 0
       alive "$name" || break # its `ray start` gave up: try again
       sleep 1
     done
@@ -124,7 +130,7 @@ up() {
     fi
   done
   mkdir -p "$DIR"
-  rm -f "$DIR"/*.pid
+  rm -f "$DIR"/*.pid "$DIR/added"
   if [[ "$RAY_AUTH_MODE" == token ]]; then
     ray get-auth-token --generate >/dev/null # a no-op if ~/.ray/auth_token exists
   fi
@@ -148,8 +154,39 @@ up() {
   echo "$IP:$PORT"
 }
 
+# Every node this cluster started: the three of `up`, then those of `add` (in $DIR/added).
+all_nodes() {
+  printf '%s\n' "${NODES[@]}"
+  [[ -f "$DIR/added" ]] && cat "$DIR/added"
+  return 0
+}
+
+# One more worker node, named $1 (custom resource node_$1), with the next free node number.
+add() {
+  local name=${1:-} idx want
+  if [[ ! "$name" =~ ^[A-Za-z0-9_]+$ ]]; then
+    echo "usage: $0 add NAME (letters, digits, _)" >&2
+    exit 2
+  fi
+  alive head || { log "the cluster is not up: run $0 up first"; exit 1; }
+  # (grep without -q: no SIGPIPE under pipefail; "a" would clash with node_a's resource)
+  if all_nodes | grep -x -e "$name" -e "node_$name" >/dev/null; then
+    log "a node named $name (or with resource node_$name) exists already"
+    exit 1
+  fi
+  idx=$(($(all_nodes | wc -l))) # head 0, node_a 1, node_b 2, added: 3, 4, ...
+  want=$(($(count_nodes) + 1))   # not idx + 1: a killed node no longer counts
+  [[ $want -gt 1 ]] || { log "the head at $IP:$PORT does not answer"; exit 1; }
+  echo "$name" >>"$DIR/added"    # before the start, so that `down` stops it whatever happens
+  WANT=$want start_and_wait "$name" "$idx" --address="$IP:$PORT" --num-cpus="$WORKER_CPUS" \
+    --num-gpus="$WORKER_GPUS" --resources="{\"node_$name\": 1}" || exit 1
+  log "added node $name (node_$name=1, pid $(cat "$DIR/$name.pid"))"
+  cat "$DIR/$name.pid"
+}
+
 status() {
-  for n in "${NODES[@]}"; do
+  local n
+  for n in $(all_nodes); do
     if alive "$n"; then echo "$n: up (pid $(cat "$DIR/$n.pid"))"; else echo "$n: down"; fi
   done
   if alive head; then
@@ -159,7 +196,7 @@ status() {
 
 down() {
   local pids=() n pid
-  for n in "${NODES[@]}"; do
+  for n in $(all_nodes); do
     [[ -f "$DIR/$n.pid" ]] || continue
     pid=$(cat "$DIR/$n.pid")
     # The whole process group: `ray start --block`, its raylet, agents and worker processes.
@@ -179,7 +216,7 @@ down() {
     # shellcheck disable=SC2086
     kill -KILL $stray 2>/dev/null || true
   fi
-  rm -f "$DIR"/*.pid "$DIR/address"
+  rm -f "$DIR"/*.pid "$DIR/address" "$DIR/added"
   log "down"
 }
 
@@ -187,11 +224,12 @@ address() { cat "$DIR/address"; }
 
 case "${1:-}" in
   up) up ;;
+  add) add "${2:-}" ;;
   down) down ;;
   status) status ;;
   address) address ;;
   *)
-    echo "usage: $0 up|down|status|address" >&2
+    echo "usage: $0 up|down|status|address|add NAME" >&2
     exit 2
     ;;
 esac

@@ -388,6 +388,10 @@ class KAsyncServer:
             self._alive.append(False)
             self.worker_info.append({"index": i, "node_id": None, "pending": True})
             self._pings[i] = w.attach.remote(self.data)
+        if isinstance(self.queue, VirtualQueue) and cfg.clock.lookahead is None:
+            # The default window (start()) scales with the pool: keep it at 4 jobs per worker,
+            # or the new workers mostly idle. The window does not change any result.
+            self.queue.lookahead = max(self.queue.lookahead, 4 * len(self.workers))
         print(f"rayfl: the cluster grew: starting {len(new)} more client workers", flush=True)
 
     def _check_restarted(self) -> None:

@@ -1,11 +1,13 @@
 """A real multi-node Ray cluster on this machine (cluster/local.sh: a head and two worker nodes,
 each its own raylet): client workers spread over the nodes, the results equal the single-node
-virtual-clock run, a tiny tune runs on it, and a run survives losing a worker node."""
+virtual-clock run, a tiny tune runs on it, a run submitted with `ray job submit` runs on it, a run
+survives losing a worker node, and a node that joins mid-run gets client workers."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -20,8 +22,9 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-# About 3 minutes on an idle 2-core machine (the cluster's start, four short runs, a 4-trial
-# search), 7 under load: in CI's full run, out of the quick `-m "not slow"` loop.
+# About 6 minutes on an idle 2-core machine (the cluster's start, five short runs, a 4-trial
+# search, a 3-minute real-clock run while a node joins), 12 under load: in CI's full run, out of
+# the quick `-m "not slow"` loop.
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
@@ -40,10 +43,11 @@ def _free(port: int) -> bool:
 
 
 def _free_ports() -> tuple[int, int, int]:
-    """A GCS port, a dashboard port and a base of ~700 free ports (local.sh's layout)."""
+    """A GCS port, a dashboard port and a base of ~900 free ports (local.sh's layout: the head,
+    node_a, node_b and one added node, numbers 0-3)."""
     for base in range(31000, 60000, 1000):
-        wanted = [base + 10 * n + k for n in range(3) for k in range(10)]
-        wanted += [base + 100 + k for k in range(0, 600, 50)] + [base + 900, base + 901]
+        wanted = [base + 10 * n + k for n in range(4) for k in range(10)]
+        wanted += [base + 100 + k for k in range(0, 800, 50)] + [base + 900, base + 901]
         if all(_free(p) for p in wanted):
             return base + 900, base + 901, base
     raise RuntimeError("no free port block for the local cluster")
@@ -83,7 +87,7 @@ def local_cluster():
             "RAYFL_LOCAL_DIR": state,
             "RAYFL_LOCAL_PORT": str(gcs),
             "RAYFL_LOCAL_PORT_BASE": str(base),
-            "RAYFL_LOCAL_DASHBOARD": "0",  # saves memory; the tests connect with --address
+            "RAYFL_LOCAL_DASHBOARD": "1",  # the job API, for `ray job submit` (on 127.0.0.1)
             "RAYFL_LOCAL_DASHBOARD_PORT": str(dash),
             "RAYFL_PYTHON": sys.executable,
         }
@@ -93,8 +97,13 @@ def local_cluster():
             ["bash", str(LOCAL_SH), "up"], capture_output=True, text=True, env=env, timeout=900
         )
         assert up.returncode == 0, up.stderr[-3000:]
-        yield {"address": up.stdout.strip().splitlines()[-1], "dir": Path(state), "env": env}
-    finally:
+        yield {
+            "address": up.stdout.strip().splitlines()[-1],
+            "dashboard": f"http://127.0.0.1:{dash}",
+            "dir": Path(state),
+            "env": env,
+        }
+    finally:  # `down` stops the nodes of `local.sh add` too
         subprocess.run(["bash", str(LOCAL_SH), "down"], env=env, timeout=120)
         left = [
             p
@@ -129,6 +138,25 @@ def _read(run_dir: Path) -> tuple[dict, list[dict], list[dict]]:
     metrics = pq.read_table(run_dir / "metrics.parquet").to_pylist()
     updates = pq.read_table(run_dir / "updates.parquet").to_pylist()
     return summary, metrics, updates
+
+
+def _nodes(cluster: dict) -> list[dict]:
+    """``ray.nodes()`` of the cluster (from a short-lived driver: this test session has its own
+    Ray)."""
+    code = (
+        "import json, sys, ray\n"
+        "ray.init(address=sys.argv[1], logging_level='ERROR', log_to_driver=False)\n"
+        "print(json.dumps(ray.nodes(), default=str))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, cluster["address"]],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=cluster["env"],
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def test_cluster_check_lists_the_three_nodes(local_cluster):
@@ -187,19 +215,63 @@ def test_tiny_tune_runs_on_the_cluster(local_cluster, tmp_path):
     assert trials["objective"].notna().all()
 
 
+def test_a_run_submitted_with_ray_job_submit(local_cluster, tmp_path):
+    """`ray job submit` through the head's job API (the dashboard, on 127.0.0.1): the driver runs
+    on the head, in the uploaded working dir; the run folder goes to the absolute -o path."""
+    work, run_dir = tmp_path / "working_dir", tmp_path / "run"
+    work.mkdir()
+    (work / "README").write_text("the working dir of a test job\n")
+    ray_cli = str(Path(sys.executable).parent / "ray")
+    job_api = ["--address", local_cluster["dashboard"]]
+    sid = f"rayfl-test-{os.getpid()}-{time.time_ns()}"
+    out = subprocess.run(
+        [ray_cli, "job", "submit", *job_api, "--submission-id", sid, "--working-dir", str(work),
+         "--", "rayfl", "run", "tiny", "--set", "iterations=10", "--no-progress", "--no-plot",
+         "-o", str(run_dir)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=local_cluster["env"],  # RAY_AUTH_MODE=token: the job API wants the token too
+        cwd=tmp_path,
+    )  # fmt: skip
+    text = out.stdout + out.stderr
+    assert out.returncode == 0, text[-3000:]
+    status = subprocess.run(
+        [ray_cli, "job", "status", *job_api, sid],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=local_cluster["env"],
+    )
+    said = re.sub(r"\x1b\[[0-9;]*m", "", status.stdout + status.stderr)  # no colours
+    assert f"Job '{sid}' succeeded" in said, said[-3000:]
+    assert "rayfl run summary" in text  # `ray job submit` tails the job's log
+
+    summary, metrics, updates = _read(run_dir)
+    assert summary["status"] == "finished"
+    assert [r["iteration"] for r in metrics] == list(range(10))
+    assert summary["jobs_lost"] == 0
+    assert summary["updates_aggregated"] == len(updates)
+
+
+def _start_cli(args, log, cluster):
+    """``rayfl ARGS`` against the local cluster in the background, its output into ``log``."""
+    with open(log, "w") as f:
+        return subprocess.Popen(
+            [sys.executable, "-m", "rayfl.cli", *args],
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            env=cluster["env"],
+            cwd=REPO,
+        )
+
+
 def test_a_run_survives_losing_a_worker_node(local_cluster, tmp_path):
     """Kill one worker node's raylet mid-run: the run finishes, and every update is counted once."""
     run_dir, log = tmp_path / "run", tmp_path / "run.log"
     args = ["run", "tiny", "--address", local_cluster["address"], "-o", str(run_dir), *RUN]
     args += ["--set", "iterations=300"]
-    with open(log, "w") as f:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "rayfl.cli", *args],
-            stdout=f,
-            stderr=subprocess.STDOUT,
-            env=local_cluster["env"],
-            cwd=REPO,
-        )
+    proc = _start_cli(args, log, local_cluster)
     try:
         # Wait until both worker nodes run a client worker and the run has made progress.
         victim = None
@@ -234,3 +306,57 @@ def test_a_run_survives_losing_a_worker_node(local_cluster, tmp_path):
     assert summary["updates_aggregated"] == sum(r["agg/k"] for r in metrics) == len(updates)
     keys = [(u["iteration"], u["client_id"]) for u in updates]
     assert len(keys) == len(set(keys))
+
+
+def test_a_node_that_joins_mid_run_gets_workers(local_cluster, tmp_path):
+    """With client.num_workers unset the pool is what the cluster's CPUs fit (the server actor
+    takes 0 CPUs, a worker 1). `local.sh add` joins a node mid-run: the server starts a worker on
+    it (it looks every GROW_EVERY_S), which then computes updates, and no job is lost.
+
+    Last in the module: it leaves the cluster a node bigger. It runs after the node-loss test, so
+    the pool starts from the CPUs of the nodes alive now."""
+    nodes = _nodes(local_cluster)
+    before = int(sum(n["Resources"].get("CPU", 0) for n in nodes if n["Alive"]))
+    assert before >= 1, nodes
+    run_dir, log = tmp_path / "run", tmp_path / "run.log"
+    # The real clock with injected delays: the run takes >= ~3 minutes however fast the machine,
+    # long enough for the node to start and the server to put a worker on it.
+    args = ["run", "tiny", "--address", local_cluster["address"], "-o", str(run_dir)]
+    args += ["--no-progress", "--no-plot", "--set", "iterations=120"]
+    args += ["--set", "clock.kind=real", "--set", "clock.time_scale=0.5"]
+    proc = _start_cli(args, log, local_cluster)
+    try:
+        deadline = time.monotonic() + 300
+        while not (run_dir / "metrics.parquet").is_file():  # the pool is up, the run under way
+            assert proc.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, "the run never started"
+            time.sleep(0.5)
+        add = subprocess.run(
+            ["bash", str(LOCAL_SH), "add", "c"],
+            capture_output=True,
+            text=True,
+            env=local_cluster["env"],
+            timeout=900,
+        )
+        assert add.returncode == 0, add.stderr[-3000:]
+        assert proc.poll() is None, "the run ended before the node joined: make it longer"
+        proc.wait(timeout=900)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    text = log.read_text()
+    assert proc.returncode == 0, text[-3000:]
+    assert "the cluster grew: starting 1 more client workers" in text
+
+    [new_node] = [
+        n["NodeID"] for n in _nodes(local_cluster) if n["Alive"] and "node_c" in n["Resources"]
+    ]
+    summary, metrics, updates = _read(run_dir)
+    assert summary["status"] == "finished"
+    assert summary["num_workers"] == before + 1
+    assert new_node in summary["worker_nodes"]
+    assert len(summary["worker_nodes"]) == before + 1
+    assert before in {u["worker"] for u in updates}  # the new worker (index `before`) did jobs
+    assert summary["jobs_lost"] == 0
+    assert [r["iteration"] for r in metrics] == list(range(120))
+    assert summary["updates_aggregated"] == sum(r["agg/k"] for r in metrics) == len(updates)
