@@ -353,19 +353,23 @@ class IncentiveConfig:
     """lambda: server gain per unit of accuracy gained (section 8, reporting only)."""
 
     def __post_init__(self) -> None:
-        from rayfl.selection import BargainParams, BidParams, PopulationParams
+        from rayfl.selection import BargainParams, BidParams
 
         if not self.budget > 0:
             raise ConfigError(
                 f"incentive.budget={self.budget} must be > 0: use a per-round reward, e.g. 10.0"
             )
         BargainParams(self.beta_s, self.delta_s, self.max_steps)  # names incentive.beta_s, ...
-        PopulationParams(
-            **{f: getattr(self, f) for f in _POPULATION_FIELDS}
-        )  # names incentive.beta_i_low, incentive.delta_i_high, ...
+        self.population()  # names incentive.beta_i_low, incentive.delta_i_high, ...
         BidParams(1, self.c_comp, self.c_comm)
         if self.c_s < 0:
             raise ConfigError(f"incentive.c_s={self.c_s} is negative: use a cost >= 0, e.g. 0.05")
+
+    def population(self) -> Any:
+        """The clients' private-parameter distributions (a ``PopulationParams``)."""
+        from rayfl.selection import PopulationParams
+
+        return PopulationParams(**{f: getattr(self, f) for f in _POPULATION_FIELDS})
 
 
 _POPULATION_FIELDS = (

@@ -13,9 +13,8 @@ small constructor arguments. :class:`WorkerPool` then
 - gives a worker work again once its ping came back.
 
 The synchronous rounds (:mod:`rayfl.rounds.loop`) send all their worker calls through
-:meth:`WorkerPool.map`. The K-async server (:mod:`rayfl.server.loop`) has the same liveness logic
-inline, interleaved with its job batches and load counts; it could hold a ``WorkerPool`` for its
-``_alive`` / ``_pings`` / ``_reping`` bookkeeping (``died``, ``check_restarted``, ``live``).
+:meth:`WorkerPool.map`. The K-async server (:mod:`rayfl.server.loop`) keeps its own job batches
+and load counts and uses the pool for liveness only (``died``, ``live``, ``add``).
 """
 
 from __future__ import annotations
@@ -42,11 +41,21 @@ class WorkerPool:
     Args:
         workers: the actor handles (``make_pool``), already attached to ``data``.
         data: the :class:`~rayfl.clients.worker.SharedData` a restarted worker attaches again.
+        info: what each worker's ``attach`` returned (node, pid, device), if known.
+        when_all_dead: the advice in the error raised when no worker comes back.
     """
 
-    def __init__(self, workers: Sequence[Any], data: Any):
+    def __init__(
+        self,
+        workers: Sequence[Any],
+        data: Any,
+        info: Sequence[dict[str, Any]] | None = None,
+        when_all_dead: str = "run again",
+    ):
         self.workers = list(workers)
         self.data = data
+        self.info = list(info) if info is not None else [{"index": i} for i in range(len(workers))]
+        self.when_all_dead = when_all_dead
         self.alive = [True] * len(self.workers)  # False while Ray restarts a dead worker
         self.failures = 0  # worker deaths seen
         self._pings: dict[int, Any] = {}  # dead worker -> its attach() call, back once restarted
@@ -56,6 +65,15 @@ class WorkerPool:
         return len(self.workers)
 
     # --- liveness -----------------------------------------------------------------------------
+
+    def add(self, worker: Any) -> int:
+        """A new worker (the cluster grew): it takes work once its ``attach`` comes back."""
+        i = len(self.workers)
+        self.workers.append(worker)
+        self.alive.append(False)
+        self.info.append({"index": i, "node_id": None, "pending": True})
+        self._pings[i] = worker.attach.remote(self.data)
+        return i
 
     def died(self, i: int, error: Exception) -> None:
         """Worker i's call failed: send it nothing until Ray has restarted it."""
@@ -86,7 +104,7 @@ class WorkerPool:
                 continue
             del self._pings[i]
             try:
-                ray.get(ping)
+                self.info[i] = ray.get(ping)
                 self.alive[i] = True
             except ray.exceptions.ActorDiedError:
                 pass  # gone for good (max_restarts used up): it stays out of the pool
@@ -101,8 +119,8 @@ class WorkerPool:
             if time.perf_counter() > deadline:
                 raise RayflError(
                     f"all {len(self.workers)} client workers died and none came back within "
-                    f"{RESTART_TIMEOUT_S:.0f} s: check the cluster (ray status) and raise "
-                    "client.max_restarts, or run again"
+                    f"{RESTART_TIMEOUT_S:.0f} s: check the cluster (ray status), raise "
+                    f"client.max_restarts, and {self.when_all_dead}"
                 )
             if self._pings:
                 ray.wait(list(self._pings.values()), num_returns=1, timeout=1.0)

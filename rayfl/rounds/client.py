@@ -37,24 +37,12 @@ from rayfl.selection import (
     ClientPrivate,
     LossReport,
     Offer,
-    PopulationParams,
     draw_client,
     make_bid,
 )
 from rayfl.selection.messages import Reply, bid_terms, client_replies, offers_by_client
 from rayfl.server.clock import SpeedModel
 from rayfl.training import UpdateComputer
-
-_POPULATION = (
-    "gamma_mean",
-    "gamma_std",
-    "mu_mean",
-    "mu_std",
-    "delta_i_low",
-    "delta_i_high",
-    "beta_i_low",
-    "beta_i_high",
-)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,7 +67,7 @@ class RoundClients:
         inc = cfg.incentive
         self.delta_s = inc.delta_s
         self.bid_params = BidParams(self.epochs, inc.c_comp, inc.c_comm)
-        self.population = PopulationParams(**{f: getattr(inc, f) for f in _POPULATION})
+        self.population = inc.population()
         self.sizes = np.diff(computer.offsets)  # (N,) |D_i|
         n = self.sizes.size
         # The async clock's speed model: a_i in virtual time units per sample (section 3).

@@ -24,7 +24,7 @@ import ray
 import torch
 
 from rayfl import __version__
-from rayfl.clients.worker import SharedData, make_pool
+from rayfl.clients.worker import make_pool
 from rayfl.config import ExperimentConfig, dump_config
 from rayfl.errors import RayflError
 from rayfl.metrics import (
@@ -75,15 +75,7 @@ def run_rounds(
     if resume is not None:
         raise RayflError("sync runs write no checkpoint and cannot be resumed: start it again")
     # --- data first: bad data fails before any folder or Ray exists ---
-    if dataset is not None:
-        if dataset.name != cfg.data.dataset or dataset.data_dir != cfg.data.data_dir:
-            raise RayflError(
-                f"the shared data set is {dataset.name!r}, the config asks for "
-                f"{cfg.data.dataset!r}: share the config's data set"
-            )
-        ds, part = None, _async._partition(cfg, dataset.labels)
-    else:
-        ds, part = _async.load_data(cfg)
+    ds, part = _async.run_data(cfg, dataset)
     sizes = part.sizes()
     run_dir = _async.prepare_run_dir(
         Path(output) if output is not None else _async.default_run_dir(cfg)
@@ -99,22 +91,7 @@ def run_rounds(
     status = "running"
     server: RoundServer | None = None
     try:
-        if dataset is not None:
-            data = SharedData(
-                x_train=dataset.x_train,
-                y_train=dataset.y_train,
-                x_test=dataset.x_test,
-                y_test=dataset.y_test,
-                indices=ray.put(part.indices),
-                offsets=ray.put(part.offsets),
-                input_shape=dataset.input_shape,
-                num_classes=dataset.num_classes,
-                mean=dataset.mean,
-                std=dataset.std,
-            )
-        else:
-            assert ds is not None
-            data = _async.put_data(ds, part)
+        data = _async.put_run_data(ds, part, dataset)
         del ds, part
         # --- the worker pool: the clients' side, private numbers included ---
         workers = make_pool(cfg, max_concurrency=4)

@@ -48,6 +48,7 @@ from rayfl.selection import (
     select_random,
 )
 from rayfl.server.clock import SpeedModel
+from rayfl.server.loop import eval_subset
 from rayfl.training import Normalizer, evaluate
 
 SELECTORS = ("random", "pow-d", "incentive")
@@ -76,14 +77,7 @@ class RoundServer:
         )
         # actor calls per phase (one per worker per message round, re-runs not counted)
         self.calls: collections.Counter[str] = collections.Counter()
-        x_test, y_test = ray.get([data.x_test, data.y_test])
-        if cfg.eval.max_samples is not None and cfg.eval.max_samples < len(y_test):
-            pick = seeding.rng(cfg.seed, seeding.EVAL_SUBSET).choice(
-                len(y_test), size=cfg.eval.max_samples, replace=False
-            )
-            pick.sort()
-            x_test, y_test = x_test[pick], y_test[pick]
-        self.x_eval, self.y_eval = x_test, y_test
+        self.x_eval, self.y_eval = eval_subset(cfg, *ray.get([data.x_test, data.y_test]))
         self.normalize = Normalizer(data.mean, data.std, torch.device("cpu"))
         self.accuracy = [self._evaluate()[0]]  # acc(w(t)) for t = 0, 1, ... (NaN if not evaluated)
         self.gains: list[float] = []  # G(t) for t = 1, 2, ...

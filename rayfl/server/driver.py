@@ -173,6 +173,44 @@ def put_data(ds: Dataset, part: Partition) -> SharedData:
     )
 
 
+def run_data(
+    cfg: ExperimentConfig, dataset: DatasetRefs | None
+) -> tuple[Dataset | None, Partition]:
+    """The run's data set (None when ``dataset`` already shares it) and its partition.
+
+    Raises DataError on bad data (before any folder or Ray exists), RayflError when the shared
+    ``dataset`` is not the one ``cfg`` asks for.
+    """
+    if dataset is None:
+        return load_data(cfg)
+    if dataset.name != cfg.data.dataset or dataset.data_dir != cfg.data.data_dir:
+        raise RayflError(
+            f"the shared data set is {dataset.name!r}, the config asks for "
+            f"{cfg.data.dataset!r}: share the config's data set (and do not search over "
+            "data.dataset or data.data_dir)"
+        )
+    return None, _partition(cfg, dataset.labels)
+
+
+def put_run_data(ds: Dataset | None, part: Partition, dataset: DatasetRefs | None) -> SharedData:
+    """:func:`put_data`, or only the partition when ``dataset`` already shares the arrays."""
+    if dataset is None:
+        assert ds is not None
+        return put_data(ds, part)
+    return SharedData(
+        x_train=dataset.x_train,
+        y_train=dataset.y_train,
+        x_test=dataset.x_test,
+        y_test=dataset.y_test,
+        indices=ray.put(part.indices),
+        offsets=ray.put(part.offsets),
+        input_shape=dataset.input_shape,
+        num_classes=dataset.num_classes,
+        mean=dataset.mean,
+        std=dataset.std,
+    )
+
+
 def share_data(cfg: ExperimentConfig) -> SharedData:
     """``load_data`` then ``put_data``."""
     return put_data(*load_data(cfg))
@@ -265,15 +303,7 @@ def run(
             callback=callback,
             resume=resume,
         )
-    if dataset is not None:
-        if dataset.name != cfg.data.dataset or dataset.data_dir != cfg.data.data_dir:
-            raise RayflError(
-                f"the shared data set is {dataset.name!r}, the config asks for "
-                f"{cfg.data.dataset!r}: do not search over data.dataset or data.data_dir"
-            )
-        ds, part = None, _partition(cfg, dataset.labels)
-    else:
-        ds, part = load_data(cfg)  # bad data fails here, before any folder or Ray exists
+    ds, part = run_data(cfg, dataset)  # bad data fails here, before any folder or Ray exists
     if mirror is not None and restore is None:
         mirror.check_writable()
         if mirror.exists(METRICS_FILE):
@@ -298,22 +328,7 @@ def run(
     checkpointed = restore is not None
     calls: list[tuple[str, Any]] = []
     try:
-        if dataset is not None:
-            data = SharedData(
-                x_train=dataset.x_train,
-                y_train=dataset.y_train,
-                x_test=dataset.x_test,
-                y_test=dataset.y_test,
-                indices=ray.put(part.indices),
-                offsets=ray.put(part.offsets),
-                input_shape=dataset.input_shape,
-                num_classes=dataset.num_classes,
-                mean=dataset.mean,
-                std=dataset.std,
-            )
-        else:
-            assert ds is not None
-            data = put_data(ds, part)
+        data = put_run_data(ds, part, dataset)
         del ds, part  # the object store holds the arrays now
         server_cls = ray.remote(KAsyncServer).options(
             num_cpus=cfg.server.num_cpus, num_gpus=cfg.server.num_gpus, max_concurrency=1

@@ -24,6 +24,7 @@ import torch
 from rayfl import seeding
 from rayfl.aggregation import build_rules, final_direction, start_step
 from rayfl.aggregation.control import Decision, Feedback, build_controls, decide
+from rayfl.clients.pool import WorkerPool
 from rayfl.clients.worker import SharedData, make_pool, pool_size
 from rayfl.config import ExperimentConfig
 from rayfl.errors import RayflError
@@ -58,6 +59,20 @@ def check_update(u: Update, shape: tuple[int, ...], max_norm: float | None) -> s
     if max_norm is not None and sq > max_norm * max_norm:
         return "norm"
     return None
+
+
+def eval_subset(
+    cfg: ExperimentConfig, x_test: np.ndarray, y_test: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The server's evaluation set: the test set, or ``eval.max_samples`` of it (seeded, in
+    test-set order)."""
+    if cfg.eval.max_samples is None or cfg.eval.max_samples >= len(y_test):
+        return x_test, y_test
+    pick = seeding.rng(cfg.seed, seeding.EVAL_SUBSET).choice(
+        len(y_test), size=cfg.eval.max_samples, replace=False
+    )
+    pick.sort()
+    return x_test[pick], y_test[pick]
 
 
 class KAsyncServer:
@@ -101,13 +116,7 @@ class KAsyncServer:
 
         # --- evaluation data: the test set, or a fixed seeded subset of it ---
         x_test, y_test = ray.get([data.x_test, data.y_test])
-        if cfg.eval.max_samples is not None and cfg.eval.max_samples < len(y_test):
-            pick = seeding.rng(cfg.seed, seeding.EVAL_SUBSET).choice(
-                len(y_test), size=cfg.eval.max_samples, replace=False
-            )
-            pick.sort()
-            x_test, y_test = x_test[pick], y_test[pick]
-        self.x_eval, self.y_eval = x_test, y_test
+        self.x_eval, self.y_eval = eval_subset(cfg, x_test, y_test)
         # Judgement's validation set: a fixed seeded subset of the test set (spec section 6).
         n_val = min(cfg.eval.validation_samples, len(y_test))
         pick = seeding.rng(cfg.seed, seeding.VALIDATION).choice(len(y_test), n_val, replace=False)
@@ -118,23 +127,22 @@ class KAsyncServer:
         # --- worker pool ---
         self._max_concurrency = min(max(1, cfg.data.num_clients) + 16, 100_000)
         self._last_grow_check = time.perf_counter()
-        self.workers = make_pool(cfg, max_concurrency=self._max_concurrency)
+        workers = make_pool(cfg, max_concurrency=self._max_concurrency)
         try:
-            self.worker_info = ray.get(
-                [w.attach.remote(data) for w in self.workers], timeout=WORKER_START_TIMEOUT_S
-            )
+            info = ray.get([w.attach.remote(data) for w in workers], timeout=WORKER_START_TIMEOUT_S)
         except ray.exceptions.GetTimeoutError:
             raise RayflError(
-                f"{len(self.workers)} client workers could not start within "
+                f"{len(workers)} client workers could not start within "
                 f"{WORKER_START_TIMEOUT_S:.0f} s: the cluster lacks the resources "
                 f"(client.num_cpus={cfg.client.num_cpus}, client.num_gpus={cfg.client.num_gpus})"
                 "; lower them or client.num_workers"
             ) from None
+        # Liveness: dead workers are pinged until Ray has restarted them (rayfl.clients.pool).
+        self.pool = WorkerPool(
+            workers, data, info, when_all_dead="resume the run with rayfl run --resume"
+        )
+        self.workers = self.pool.workers  # the same list; the pool appends grown workers
         self._outstanding = [0] * len(self.workers)  # jobs submitted and not yet consumed
-        self._alive = [True] * len(self.workers)  # False while Ray restarts a dead worker
-        self._pings: dict[int, Any] = {}  # dead worker -> its attach() call, back once restarted
-        self._reping: dict[int, float] = {}  # dead worker -> when to ping it again
-        self.worker_failures = 0
         # first ObjectRef of a batch -> [results, jobs left, worker, payload, current ObjectRef]
         self._batches: dict[Any, list[Any]] = {}
 
@@ -204,7 +212,7 @@ class KAsyncServer:
                 "remodels": self.remodels,
                 "wasted_jobs": self.wasted_jobs,
                 "rejected": dict(self.rejected),
-                "worker_failures": self.worker_failures,
+                "worker_failures": self.pool.failures,
                 "jobs_dispatched": self.jobs_dispatched,
             },
             "updates_aggregated": self.updates_aggregated,
@@ -235,7 +243,7 @@ class KAsyncServer:
             c["remodels"],
             c["wasted_jobs"],
         )
-        self.rejected, self.worker_failures = dict(c["rejected"]), c["worker_failures"]
+        self.rejected, self.pool.failures = dict(c["rejected"]), c["worker_failures"]
         self.jobs_dispatched = c["jobs_dispatched"]
         for v, w in state["versions"].items():
             self._put_version(v, w)
@@ -281,22 +289,7 @@ class KAsyncServer:
 
     def _least_busy(self) -> int:
         """The live worker with the fewest outstanding jobs (waits if all are restarting)."""
-        self._check_restarted()
-        deadline = time.perf_counter() + WORKER_START_TIMEOUT_S
-        while not any(self._alive):
-            if time.perf_counter() > deadline:
-                raise RayflError(
-                    f"all {len(self.workers)} client workers died and none came back within "
-                    f"{WORKER_START_TIMEOUT_S:.0f} s: check the cluster (ray status) and resume "
-                    "the run with rayfl run --resume"
-                )
-            if self._pings:
-                ray.wait(list(self._pings.values()), num_returns=1, timeout=1.0)
-            else:
-                time.sleep(0.2)
-            self._check_restarted()
-        live = [i for i in range(len(self.workers)) if self._alive[i]]
-        return min(live, key=self._outstanding.__getitem__)
+        return min(self.pool.live(), key=self._outstanding.__getitem__)
 
     def _submit_one(self, job: Job, delay_s: float) -> Any:
         """Real clock: one actor call per job, so ``ray.wait`` sees each job finish."""
@@ -339,20 +332,6 @@ class KAsyncServer:
         entry[2], entry[4] = i, new
         return new
 
-    def _worker_died(self, i: int, error: Exception) -> None:
-        """Worker i's call failed: stop sending it jobs until Ray has restarted it."""
-        if self._alive[i]:
-            self._alive[i] = False
-            self.worker_failures += 1
-            print(
-                f"rayfl: client worker {i} died ({error.__class__.__name__}); its jobs are "
-                "re-dispatched to the live workers",
-                flush=True,
-            )
-        if i not in self._pings and i not in self._reping:
-            # Once Ray has restarted the actor this maps the data again; then it takes jobs.
-            self._pings[i] = self.workers[i].attach.remote(self.data)
-
     def _maybe_grow(self) -> None:
         """Starts workers on nodes that joined the cluster (autoscaling), every GROW_EVERY_S.
 
@@ -382,39 +361,13 @@ class KAsyncServer:
             first_index=len(self.workers),
         )
         for w in new:
-            i = len(self.workers)
-            self.workers.append(w)
+            self.pool.add(w)
             self._outstanding.append(0)
-            self._alive.append(False)
-            self.worker_info.append({"index": i, "node_id": None, "pending": True})
-            self._pings[i] = w.attach.remote(self.data)
         if isinstance(self.queue, VirtualQueue) and cfg.clock.lookahead is None:
             # The default window (start()) scales with the pool: keep it at 4 jobs per worker,
             # or the new workers mostly idle. The window does not change any result.
             self.queue.lookahead = max(self.queue.lookahead, 4 * len(self.workers))
         print(f"rayfl: the cluster grew: starting {len(new)} more client workers", flush=True)
-
-    def _check_restarted(self) -> None:
-        """Workers whose ping came back are alive again (Ray restarted them)."""
-        now = time.perf_counter()
-        for i, at in list(self._reping.items()):
-            if now >= at:
-                del self._reping[i]
-                self._pings[i] = self.workers[i].attach.remote(self.data)
-        if not self._pings:
-            return
-        ready, _ = ray.wait(list(self._pings.values()), num_returns=len(self._pings), timeout=0)
-        for i, ping in list(self._pings.items()):
-            if ping not in ready:
-                continue
-            del self._pings[i]
-            try:
-                self.worker_info[i] = ray.get(ping)
-                self._alive[i] = True
-            except ray.exceptions.ActorDiedError:
-                pass  # gone for good (max_restarts used up): it stays out of the pool
-            except ray.exceptions.RayActorError:
-                self._reping[i] = now + 1.0  # still restarting: ask again in a second
 
     def _fetch(self, ref: Any) -> list[Any]:
         """A batch's Updates; if its worker died, the batch is re-run on a live worker."""
@@ -424,7 +377,7 @@ class KAsyncServer:
                 value = ray.get(entry[4])
                 return value if isinstance(value, list) else [value]
             except (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError) as e:
-                self._worker_died(entry[2], e)
+                self.pool.died(entry[2], e)
                 self._send(entry[3], self._least_busy(), ref=ref)
         raise RayflError(
             f"a batch of client jobs failed {MAX_RESUBMITS} times on different workers: the "
@@ -581,7 +534,7 @@ class KAsyncServer:
             "agg/remodels": float(len(decision.resend)),
             "agg/kept_previous": float(decision.keep_previous),
             "sys/wasted_jobs": self.wasted_jobs,
-            "sys/worker_failures": self.worker_failures,
+            "sys/worker_failures": self.pool.failures,
             "agg/rejected": float(sum(rejected.values())),
             **step.metrics,
             **decision.metrics,
@@ -630,14 +583,14 @@ class KAsyncServer:
     def describe(self) -> dict[str, Any]:
         """The pool and model sizes, for the driver's log and summary."""
         return {
-            "workers": self.worker_info,
+            "workers": self.pool.info,
             "num_parameters": int(self.w.size),
             "iteration": self.t,
             "updates_aggregated": self.updates_aggregated,
             "maintained": self.maintained,
             "remodels": self.remodels,
             "wasted_jobs": self.wasted_jobs,
-            "worker_failures": self.worker_failures,
+            "worker_failures": self.pool.failures,
             "rejected_updates": dict(self.rejected),
             "jobs_dispatched": self.jobs_dispatched,
             # Every job started is aggregated, rejected, dropped by remodel, or still live.
