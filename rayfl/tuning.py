@@ -423,7 +423,9 @@ def _trainable(config: dict[str, Any], spec: SearchSpec | None = None, dataset: 
     started_at = time.time()
     cfg = spec.trial_config(config)
     rows: list[dict[str, Any]] = []
-    files = (CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, UPDATES_FILE)
+    from rayfl.rounds.driver import ROUNDS_FILE
+
+    files = (CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, UPDATES_FILE, ROUNDS_FILE)  # sync: rounds
     trial_dir = Path(ray_tune.get_context().get_trial_dir())
     run_dir = trial_dir / "run"
     pending: list[Path] = []  # a copy of the newest engine checkpoint, not yet reported

@@ -7,8 +7,12 @@ caps, payments, bargaining steps, leftover and carried budget, utilities, social
 product and accuracy (columns: :data:`rayfl.rounds.loop.ROUND_COLUMNS`).
 
 The server side runs in this process (the driver); the clients train on the worker pool
-(``make_pool``: one worker per ``client.num_cpus``, or ``client.num_workers``). Sync runs write no
-checkpoint (``checkpoint_every`` is ignored): a 60-round run takes minutes.
+(``make_pool``: one worker per ``client.num_cpus``, or ``client.num_workers``).
+
+Checkpoints as the K-async engine's (``checkpoint.pkl`` every ``checkpoint_every`` rounds, at the
+end, and on Ctrl-C; ``rayfl run --resume RUN_DIR``): the server's state at a round boundary
+(:meth:`RoundServer.checkpoint`). A resumed run ends on the same weights as an unbroken one.
+Storage URIs (``--output s3://...``) work as for the K-async engine.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow.parquet as pq
 import ray
 import torch
 
@@ -38,6 +43,7 @@ from rayfl.metrics import (
 )
 from rayfl.rounds.loop import ROUND_COLUMNS, RoundServer
 from rayfl.server import driver as _async
+from rayfl.storage import Mirror
 
 ROUNDS_FILE = "rounds.parquet"
 WORKER_START_TIMEOUT_S = 300.0
@@ -63,33 +69,52 @@ def run_rounds(
     address: str | None = None,
     progress: bool | None = None,
     dataset: Any = None,
-    callback: Callable[[list[dict[str, Any]]], None] | None = None,
-    resume: str | os.PathLike | None = None,
+    callback: Callable[[list[dict[str, Any]]], Any] | None = None,
+    restore: dict[str, Any] | None = None,
+    resume_dir: Path | None = None,
+    mirror: Mirror | None = None,
+    on_checkpoint: Callable[[Path], None] | None = None,
 ) -> _async.RunResult:
     """Runs ``cfg.iterations`` synchronous rounds and writes the run folder (see module doc).
 
-    Arguments as :func:`rayfl.run` (``dataset``: a ``DatasetRefs`` already in the object store).
+    Called by :func:`rayfl.run` (arguments as there; ``dataset``: a ``DatasetRefs`` already in
+    the object store), which reads ``restore`` from ``resume_dir`` and makes ``mirror`` for a
+    storage URI.
     """
     if cfg.mode != "sync":
         raise RayflError(f"run_rounds needs mode: sync, got mode: {cfg.mode}")
-    if resume is not None:
-        raise RayflError("sync runs write no checkpoint and cannot be resumed: start it again")
     # --- data first: bad data fails before any folder or Ray exists ---
     ds, part = _async.run_data(cfg, dataset)
     sizes = part.sizes()
-    run_dir = _async.prepare_run_dir(
-        Path(output) if output is not None else _async.default_run_dir(cfg)
-    )
+    run_dir = _async.open_run_dir(cfg, output, mirror, resume_dir)
+    where = mirror.uri if mirror is not None else str(run_dir)  # what the user calls the run
     atomic_write_bytes(run_dir / CONFIG_FILE, dump_config(cfg).encode())
     started_ray = _async.ensure_ray(address)
     log = RunLog(run_dir)
     records: list[dict[str, Any]] = []
+    if restore is not None:
+        log.load(before_iteration=restore["t"])
+        records = _load_records(run_dir, before_round=restore["t"])
     workers: list[Any] = []
-    bar = _async._progress(cfg, progress)
+    bar = _async._progress(cfg, progress, initial=0 if restore is None else restore["t"])
     bar.unit = "round"
     t0 = time.perf_counter()
     status = "running"
     server: RoundServer | None = None
+    last: dict[str, Any] | None = None  # the state after the last complete round
+    checkpointed = restore is not None
+    every = cfg.checkpoint_every
+
+    def checkpoint(state: dict[str, Any]) -> None:
+        nonlocal checkpointed
+        _flush(run_dir, log, records)  # metrics first: a checkpoint never runs ahead of them
+        _async.write_checkpoint(run_dir, state)
+        checkpointed = True
+        if mirror is not None:
+            mirror.push()
+        if on_checkpoint is not None:
+            on_checkpoint(run_dir)
+
     try:
         data = _async.put_run_data(ds, part, dataset)
         del ds, part
@@ -104,27 +129,43 @@ def run_rounds(
                 "client.num_workers"
             ) from None
         server = RoundServer(cfg, data, workers, sizes)
+        if restore is not None:
+            server.restore(restore)
+            del restore
         last_flush = time.perf_counter()
+        stop = False
         # --- the rounds ---
-        for _ in range(cfg.iterations):
+        while server.t < cfg.iterations and not stop:
             row, record, updates = server.round()
             log.extend([row], updates)
             records.append(record)
-            if callback is not None:
-                callback([row])
+            last = server.checkpoint() if every else None
+            stop = callback is not None and callback([row]) is True
             bar.update(1)
             _postfix(bar, row, server)
-            if time.perf_counter() - last_flush > 5.0:
+            if every and server.t % every == 0 and server.t < cfg.iterations:
+                checkpoint(last)  # type: ignore[arg-type]
+                last_flush = time.perf_counter()
+            elif time.perf_counter() - last_flush > 5.0 or "eval/accuracy" in row:
                 _flush(run_dir, log, records)
                 last_flush = time.perf_counter()
+                if mirror is not None:
+                    mirror.push(force=False)
+        if every:  # a finished run can be extended: rayfl run --resume DIR --set iterations=N
+            checkpoint(server.checkpoint())
         model = server.model
         from rayfl.models import set_flat
 
         set_flat(model, server.w)
         torch.save(model.state_dict(), run_dir / MODEL_FILE)
-        status = "finished"
+        status = "stopped" if stop else "finished"
     except KeyboardInterrupt:
         status = "interrupted"
+        if last is not None:
+            # The state after the last complete round, with exactly its metrics (a round cut
+            # short leaves no row and no record).
+            _trim(log, records, last["t"])
+            checkpoint(last)
         raise
     except RayflError:
         status = "failed"
@@ -143,19 +184,40 @@ def run_rounds(
             **_round_summary(records),
             "driver_wall_s": time.perf_counter() - t0,
         }
-        if status == "finished":
+        if status in ("finished", "stopped"):
             summary["num_workers"] = len(workers)
             summary["worker_nodes"] = sorted({w["node_id"] for w in info})
             summary["num_parameters"] = int(server.w.size) if server is not None else None
+        elif checkpointed:
+            summary["resume"] = f"rayfl run --resume {where}"
         if server is not None:
             summary["worker_failures"] = server.pool.failures
+        if mirror is not None:
+            summary["storage"] = mirror.uri
         write_summary(run_dir, summary)
+        if mirror is not None:
+            mirror.push()
         for w in workers:
             ray.kill(w)
         if started_ray:
             ray.shutdown()
     assert server is not None
     return _async.RunResult(run_dir=run_dir, config=cfg, summary=summary, weights=server.w)
+
+
+def _trim(log: RunLog, records: list[dict[str, Any]], t: int) -> None:
+    """Keeps only the rows and records of rounds before t."""
+    log.metrics[:] = [r for r in log.metrics if r["iteration"] < t]
+    log.updates[:] = [r for r in log.updates if r["iteration"] < t]
+    records[:] = [r for r in records if r["round"] < t]
+
+
+def _load_records(run_dir: Path, before_round: int) -> list[dict[str, Any]]:
+    """rounds.parquet's records of the rounds before ``before_round`` (a resumed run)."""
+    path = run_dir / ROUNDS_FILE
+    if not path.is_file():
+        return []
+    return [r for r in pq.read_table(path).to_pylist() if r["round"] < before_round]
 
 
 def _flush(run_dir: Path, log: RunLog, records: list[dict[str, Any]]) -> None:

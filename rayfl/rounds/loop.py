@@ -38,6 +38,7 @@ from rayfl import seeding
 from rayfl.clients.pool import WorkerPool
 from rayfl.clients.worker import SharedData
 from rayfl.config import ExperimentConfig
+from rayfl.errors import RayflError
 from rayfl.models import build_model, get_flat, set_flat
 from rayfl.rounds.client import RoundUpdate
 from rayfl.selection import (
@@ -82,6 +83,43 @@ class RoundServer:
         self.accuracy = [self._evaluate()[0]]  # acc(w(t)) for t = 0, 1, ... (NaN if not evaluated)
         self.gains: list[float] = []  # G(t) for t = 1, 2, ...
         self.started_at = time.perf_counter()
+
+    # --- checkpoints ------------------------------------------------------------------------------
+
+    def checkpoint(self) -> dict[str, Any]:
+        """Everything a resumed run needs, at a round boundary. Every random draw of round t
+        derives from (seed, t) (and the clients' traits from (seed, client)), so no generator
+        state is kept: a run resumed at round t ends on the same weights as an unbroken one."""
+        return {
+            "mode": "sync",
+            "t": self.t,
+            "w": self.w.copy(),
+            "carried": self.carried,
+            "virtual_time": self.virtual_time,
+            "accuracy": list(self.accuracy),
+            "gains": list(self.gains),
+            "worker_failures": self.pool.failures,
+            "received": {k: dict(v) for k, v in self.received.items()},
+            "calls": dict(self.calls),
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Continues from :meth:`checkpoint`'s state."""
+        if state["w"].shape != self.w.shape:
+            raise RayflError(
+                f"the checkpoint's model has {state['w'].size} parameters, the config's "
+                f"{self.w.size}: resume with the run's own config.yaml (do not --set model.*)"
+            )
+        self.t = int(state["t"])
+        self.w = state["w"].astype(np.float32, copy=True)
+        self.carried = float(state["carried"])
+        self.virtual_time = float(state["virtual_time"])
+        self.accuracy = list(state["accuracy"])
+        self.gains = list(state["gains"])
+        self.pool.failures = int(state["worker_failures"])
+        for phase, counts in state["received"].items():
+            self.received[phase].update(counts)
+        self.calls.update(state["calls"])
 
     # --- messages from the workers --------------------------------------------------------------
 

@@ -89,6 +89,26 @@ def prepare_run_dir(path: Path, resuming: bool = False) -> Path:
     return path
 
 
+def open_run_dir(
+    cfg: ExperimentConfig,
+    output: str | os.PathLike | None,
+    mirror: Mirror | None,
+    resume_dir: Path | None,
+) -> Path:
+    """The local folder a run writes: the resumed one, the staging folder of a storage URI, or
+    ``output`` (default ``runs/<name>-<timestamp>``), checked writable and not holding a run."""
+    if resume_dir is not None:
+        return prepare_run_dir(resume_dir, resuming=True)
+    if mirror is not None:
+        mirror.check_writable()
+        if mirror.exists(METRICS_FILE):
+            raise RayflError(
+                f"output {mirror.uri} already holds a run: choose another --output or remove it"
+            )
+        return mirror.local
+    return prepare_run_dir(Path(output) if output is not None else default_run_dir(cfg))
+
+
 def ensure_ray(address: str | None = None) -> bool:
     """Connects to or starts Ray if none is running; True if this call started it."""
     if ray.is_initialized():
@@ -292,7 +312,9 @@ def run(
             else load_config(config, overrides)
         )
     if cfg.mode == "sync":  # synchronous rounds with client selection: rayfl.rounds
-        from rayfl.rounds import run_rounds
+        if restore is not None and restore.get("mode", "async") != "sync":
+            raise RayflError(f"--resume {resume}: the checkpoint is not a mode: sync run's")
+        from rayfl.rounds.driver import run_rounds
 
         return run_rounds(
             cfg,
@@ -301,20 +323,15 @@ def run(
             progress=progress,
             dataset=dataset,
             callback=callback,
-            resume=resume,
+            restore=restore,
+            resume_dir=Path(resume) if resume is not None else None,
+            mirror=mirror,
+            on_checkpoint=on_checkpoint,
         )
+    if restore is not None and restore.get("mode", "async") != "async":
+        raise RayflError(f"--resume {resume}: the checkpoint is a mode: sync run's, not async")
     ds, part = run_data(cfg, dataset)  # bad data fails here, before any folder or Ray exists
-    if mirror is not None and restore is None:
-        mirror.check_writable()
-        if mirror.exists(METRICS_FILE):
-            raise RayflError(
-                f"output {mirror.uri} already holds a run: choose another --output or remove it"
-            )
-        run_dir = mirror.local
-    elif restore is None:
-        run_dir = prepare_run_dir(Path(output) if output is not None else default_run_dir(cfg))
-    else:
-        run_dir = prepare_run_dir(run_dir, resuming=True)
+    run_dir = open_run_dir(cfg, output, mirror, run_dir if restore is not None else None)
     where = mirror.uri if mirror is not None else str(run_dir)  # what the user calls the run
     atomic_write_bytes(run_dir / CONFIG_FILE, dump_config(cfg).encode())
     started_ray = ensure_ray(address)
