@@ -84,6 +84,11 @@ def _parser() -> argparse.ArgumentParser:
         metavar="N",
         help="shorten every run to N iterations (akafl) or rounds (incentive)",
     )
+    rp.add_argument(
+        "--only",
+        metavar="GROUPS",
+        help="akafl: only these groups of arms, comma-separated (paper, stragglers, stale, k)",
+    )
     rp.add_argument("--output", "-o", help="output folder (default: reproduce/<name>-<timestamp>)")
     rp.add_argument("--address", help="Ray cluster address to connect to")
     rp.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -251,6 +256,11 @@ def _reproduce(args: argparse.Namespace) -> int:
         raise RayflError(f"--iterations={args.iterations} is below 1: use 1 or more")
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     out = Path(args.output or f"reproduce/{args.name}{'-quick' if args.quick else ''}-{stamp}")
+    extra: dict[str, Any] = {}
+    if args.only is not None:
+        if args.name != "akafl":
+            raise RayflError(f"--only is for `rayfl reproduce akafl`, not {args.name}: drop it")
+        extra["only"] = [g.strip() for g in args.only.split(",") if g.strip()]
     try:
         table = fn(
             out,
@@ -259,6 +269,7 @@ def _reproduce(args: argparse.Namespace) -> int:
             address=args.address,
             progress=False if args.no_progress else None,
             iterations=args.iterations,
+            **extra,
         )
     except KeyboardInterrupt:
         print(f"\nrayfl: interrupted; the results so far are in {out}", file=sys.stderr)

@@ -108,6 +108,9 @@ def test_unwritable_output(tmp_path):
     [
         (["reproduce", "nothing"], "reproduction 'nothing' does not exist"),
         (["reproduce", "akafl", "--seeds", "0"], "--seeds=0 is below 1"),
+        (["reproduce", "akafl", "--iterations", "0"], "--iterations=0 is below 1"),
+        (["reproduce", "akafl", "--only", "stale,nope"], "--only nope: no such group"),
+        (["reproduce", "incentive", "--only", "a"], "--only is for `rayfl reproduce akafl`"),
         (["run", "--resume", "/nonexistent/run"], "no such folder"),
         (["run", "tiny", "--set", "client.faults={kind: nan}"], "client.faults.client_ids"),
     ],

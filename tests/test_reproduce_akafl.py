@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from rayfl.config import load_config
+from rayfl.errors import RayflError
 from rayfl.reproduce import akafl
 
 
@@ -102,6 +103,14 @@ def test_iterations_per_group():
 
 
 # --- the numbers, by hand ---------------------------------------------------------------------
+
+
+def test_only_some_groups():
+    specs = akafl.plan(quick=False, seeds=2, groups=["stragglers", "k"])
+    assert {s.group for s in specs} == {"stragglers", "k"}
+    assert len(specs) == 2 * 4  # 2 straggler arms + 2 K = 5 arms, per seed
+    with pytest.raises(RayflError, match="no such group; choose from paper"):
+        akafl.plan(quick=True, groups=["papers"])
 
 
 def test_window_scales_with_t():

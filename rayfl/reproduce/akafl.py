@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from rayfl.config import load_config
+from rayfl.errors import RayflError
 from rayfl.tuning import ewma_dev_accuracy
 
 PAPER_T = 5000
@@ -179,8 +180,16 @@ class RunSpec:
         return f"{self.arm}-seed{self.seed}"
 
 
+GROUPS = tuple(dict.fromkeys(arm.group for arm in ARMS))
+"""The arms' groups: paper, stragglers, stale, k."""
+
+
 def plan(
-    *, quick: bool, seeds: int | None = None, iterations: int | Mapping[str, int] | None = None
+    *,
+    quick: bool,
+    seeds: int | None = None,
+    iterations: int | Mapping[str, int] | None = None,
+    groups: Sequence[str] | None = None,
 ) -> list[RunSpec]:
     """The runs of the reproduction, seed-major (every arm of seed 0 first).
 
@@ -189,11 +198,22 @@ def plan(
         seeds: seeds per arm; default 1 with ``quick``, else 3.
         iterations: T for every arm, or ``{group: T}`` for some groups (``paper``, ``stale``,
             ``k``, ``stragglers``); default: the presets' (5000), or 100 with ``quick``.
+        groups: only the arms of these groups (default: all of :data:`GROUPS`).
+
+    Raises:
+        RayflError: an unknown group.
     """
+    unknown = sorted(set(groups or ()) - set(GROUPS))
+    if unknown:
+        raise RayflError(
+            f"--only {','.join(unknown)}: no such group; choose from {', '.join(GROUPS)}"
+        )
     n_seeds = seeds if seeds is not None else (1 if quick else 3)
     specs = []
     for seed in range(n_seeds):
         for arm in ARMS:
+            if groups and arm.group not in groups:
+                continue
             overrides = [*arm.overrides]
             if quick:
                 overrides += _quick_overrides(arm)
@@ -880,18 +900,22 @@ def reproduce(
     address: str | None,
     progress: bool | None,
     iterations: int | Mapping[str, int] | None = None,
+    only: Sequence[str] | None = None,
 ) -> Path:
     """Runs the plan into ``output`` and writes ``table.md`` (returned), ``runs.csv`` and the
-    figures; ``iterations`` shortens the runs (an int, or ``{group: T}``; see :func:`plan`)."""
+    figures; ``iterations`` shortens the runs (an int, or ``{group: T}``), ``only`` keeps the
+    arms of some groups (see :func:`plan`)."""
     from rayfl.server.driver import ensure_ray
 
+    specs = plan(quick=quick, seeds=seeds, iterations=iterations, groups=only)
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
-    specs = plan(quick=quick, seeds=seeds, iterations=iterations)
     started = time.perf_counter()
     command = "rayfl reproduce akafl" + (" --quick" if quick else "")
     if seeds is not None:
         command += f" --seeds {seeds}"
+    if only:
+        command += f" --only {','.join(only)}"
     if isinstance(iterations, int):
         command += f" --iterations {iterations}"
     elif iterations:
