@@ -655,6 +655,8 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
                 continue
         raise ConfigError(f"{path}: {value!r} has the wrong type: expected {_type_name(tp)}")
     if origin is Literal:
+        if isinstance(value, bool) and str(value).lower() in args:
+            value = str(value).lower()  # YAML reads `true` as a bool: staleness: true
         if value not in args:
             raise ConfigError(_one_of_msg(path, value, args))
         return value

@@ -139,3 +139,11 @@ def test_config_is_frozen():
     cfg = ExperimentConfig()
     with pytest.raises(AttributeError):
         cfg.seed = 3  # type: ignore[misc]
+
+
+def test_staleness_true_from_yaml_or_set_is_the_string():
+    """YAML reads `true` as a bool; a Literal field whose choices include "true" takes it."""
+    assert load_config("tiny", ["aggregation.staleness=true"]).aggregation.staleness == "true"
+    assert load_config("tiny", ["aggregation.staleness=nominal"]).aggregation.staleness == "nominal"
+    with pytest.raises(ConfigError, match="aggregation.staleness=False is not one of true"):
+        load_config("tiny", ["aggregation.staleness=false"])

@@ -97,8 +97,19 @@ def _worker_pids() -> set[int]:
     return pids
 
 
-def test_killed_worker_loses_no_update_and_changes_nothing(ray_session, tmp_path):
-    overrides = ["client.num_workers=2", "iterations=60", "eval.every=20"]
+@pytest.mark.parametrize(
+    "extra",
+    [
+        [],
+        # Remodel drops jobs of batches already sent and frees their versions: a batch re-run
+        # after the kill must still find them (the soak found this), with either staleness.
+        ["aggregation.control={remodel: {eps_r: 2}}", "aggregation.staleness=true"],
+        ["aggregation.control={remodel: {eps_r: 2}}", "aggregation.staleness=nominal"],
+    ],
+    ids=["plain", "remodel", "remodel-nominal"],
+)
+def test_killed_worker_loses_no_update_and_changes_nothing(ray_session, tmp_path, extra):
+    overrides = ["client.num_workers=2", "iterations=60", "eval.every=20", *extra]
     clean = rayfl.run("tiny", overrides=overrides, output=tmp_path / "clean", progress=False)
     before = _worker_pids()
     killed: list[int] = []

@@ -293,7 +293,7 @@ class KAsyncServer:
 
     def _submit_one(self, job: Job, delay_s: float) -> Any:
         """Real clock: one actor call per job, so ``ray.wait`` sees each job finish."""
-        payload = ("one", job, job.version, delay_s)
+        payload = ("one", job, self.versions[job.version][0], delay_s)
         ref = self._send(payload, self._least_busy())
         return (ref, 0)
 
@@ -305,7 +305,14 @@ class KAsyncServer:
             part = jobs[start : start + size]
             versions = sorted({self._compute_version(j) for j in part})
             slot = {v: n for n, v in enumerate(versions)}
-            payload = ("batch", [(j, slot[self._compute_version(j)]) for j in part], versions)
+            # The payload holds the versions' ObjectRefs, not their numbers: a re-run after a
+            # worker death must not depend on versions the server has since freed (a remodelled
+            # job of the batch released its version; nominal staleness computes on w_t).
+            payload = (
+                "batch",
+                [(j, slot[self._compute_version(j)]) for j in part],
+                [self.versions[v][0] for v in versions],
+            )
             ref = self._send(payload, self._least_busy())
             handles += [(ref, n) for n in range(len(part))]
         return handles
@@ -313,14 +320,12 @@ class KAsyncServer:
     def _send(self, payload: tuple[Any, ...], i: int, ref: Any = None) -> Any:
         """Submits a payload to worker i; with ``ref``, re-submits the batch filed under it."""
         if payload[0] == "one":
-            _, job, version, delay_s = payload
-            new = self.workers[i].compute.remote(job, self.versions[version][0], delay_s)
+            _, job, weights_ref, delay_s = payload
+            new = self.workers[i].compute.remote(job, weights_ref, delay_s)
             n = 1
         else:
-            _, jobs, versions = payload
-            new = self.workers[i].compute_batch.remote(
-                jobs, *(self.versions[v][0] for v in versions)
-            )
+            _, jobs, weights_refs = payload
+            new = self.workers[i].compute_batch.remote(jobs, *weights_refs)
             n = len(jobs)
         self._outstanding[i] += n
         if ref is None:
