@@ -122,9 +122,11 @@ class ClientConfig:
     """CPUs reserved per worker actor (fractions allowed)."""
     num_gpus: float = 0.0
     """GPUs reserved per worker actor (fractions such as 0.25 pack 4 workers on a GPU)."""
-    max_restarts: int = 3
-    """Times Ray restarts a worker actor that died (killed process, OOM); its jobs are
-    re-dispatched to the live workers meanwhile. -1 = without limit."""
+    max_restarts: int = -1
+    """Times Ray restarts a worker actor that died (killed process, OOM, lost node); its jobs
+    are re-dispatched to the live workers meanwhile. -1 (default) = without limit: a long run on
+    preemptible nodes loses workers many times. A worker that crashes on every call still ends
+    the run: a batch that fails 10 times on different workers is an error."""
     faults: dict[str, Any] = dataclasses.field(default_factory=dict)
     """Fault injection for robustness experiments: {client_ids: [...], kind: nan | inf | huge |
     shape | dtype}: those clients send broken updates (the server must reject them)."""

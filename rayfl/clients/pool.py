@@ -57,6 +57,9 @@ class WorkerPool:
         self.info = list(info) if info is not None else [{"index": i} for i in range(len(workers))]
         self.when_all_dead = when_all_dead
         self.alive = [True] * len(self.workers)  # False while Ray restarts a dead worker
+        # incarnation of each worker: +1 at each death seen; a call records the one it went to,
+        # so late failures of calls sent before a death are not taken for a new death
+        self.epoch = [0] * len(self.workers)
         self.failures = 0  # worker deaths seen
         self._pings: dict[int, Any] = {}  # dead worker -> its attach() call, back once restarted
         self._reping: dict[int, float] = {}  # dead worker -> when to ping it again
@@ -71,13 +74,21 @@ class WorkerPool:
         i = len(self.workers)
         self.workers.append(worker)
         self.alive.append(False)
+        self.epoch.append(0)
         self.info.append({"index": i, "node_id": None, "pending": True})
         self._pings[i] = worker.attach.remote(self.data)
         return i
 
-    def died(self, i: int, error: Exception) -> None:
-        """Worker i's call failed: send it nothing until Ray has restarted it."""
+    def died(self, i: int, error: Exception, epoch: int | None = None) -> None:
+        """Worker i's call failed: send it nothing until Ray has restarted it.
+
+        ``epoch``: the worker's :attr:`epoch` when the call was sent. A call sent before a death
+        already seen (its failure arrives late) changes nothing.
+        """
+        if epoch is not None and epoch < self.epoch[i]:
+            return
         if self.alive[i]:
+            self.epoch[i] += 1
             self.alive[i] = False
             self.failures += 1
             print(
@@ -166,6 +177,7 @@ class WorkerPool:
 
     def _get(self, i: int, part: list[T], ref: Any, submit: Callable[[Any, list[T]], Any]) -> Any:
         """The result of ``ref`` (worker i's call on ``part``); re-runs it if the worker died."""
+        epoch = self.epoch[i]
         for _ in range(MAX_RESUBMITS):
             try:
                 return ray.get(ref)
@@ -174,8 +186,9 @@ class WorkerPool:
                 ray.exceptions.ObjectLostError,
                 NotAttachedError,  # it died while idle and Ray restarted it before this call
             ) as e:
-                self.died(i, e)
+                self.died(i, e, epoch)
                 i = self.live()[0]
+                epoch = self.epoch[i]
                 ref = submit(self.workers[i], part)
         raise RayflError(
             f"a call on {len(part)} clients failed {MAX_RESUBMITS} times on different workers: "

@@ -143,7 +143,8 @@ class KAsyncServer:
         )
         self.workers = self.pool.workers  # the same list; the pool appends grown workers
         self._outstanding = [0] * len(self.workers)  # jobs submitted and not yet consumed
-        # first ObjectRef of a batch -> [results, jobs left, worker, payload, current ObjectRef]
+        # first ObjectRef of a batch -> [results, jobs left, worker, payload, current ObjectRef,
+        # the worker's epoch when sent]
         self._batches: dict[Any, list[Any]] = {}
 
         # --- versions in the object store, ref-counted by live jobs ---
@@ -329,12 +330,12 @@ class KAsyncServer:
             n = len(jobs)
         self._outstanding[i] += n
         if ref is None:
-            self._batches[new] = [None, n, i, payload, new]
+            self._batches[new] = [None, n, i, payload, new, self.pool.epoch[i]]
             return new
         entry = self._batches[ref]
         self._outstanding[entry[2]] -= entry[1]
         self._outstanding[i] += entry[1] - n
-        entry[2], entry[4] = i, new
+        entry[2], entry[4], entry[5] = i, new, self.pool.epoch[i]
         return new
 
     def _maybe_grow(self) -> None:
@@ -382,7 +383,7 @@ class KAsyncServer:
                 value = ray.get(entry[4])
                 return value if isinstance(value, list) else [value]
             except (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError) as e:
-                self.pool.died(entry[2], e)
+                self.pool.died(entry[2], e, entry[5])
                 self._send(entry[3], self._least_busy(), ref=ref)
         raise RayflError(
             f"a batch of client jobs failed {MAX_RESUBMITS} times on different workers: the "
