@@ -32,16 +32,35 @@ import rayfl
 from rayfl import seeding
 
 
-def session_pss() -> int:
+def _group(p: psutil.Process) -> str:
+    """What a process of the session is: driver, gcs, raylet, server, worker or other."""
+    try:
+        cmd = " ".join(p.cmdline())
+    except psutil.Error:
+        return "other"
+    for key, name in (
+        ("ray::KAsyncServer", "server"),
+        ("ray::ClientWorker", "worker"),
+        ("gcs_server", "gcs"),
+        ("raylet", "raylet"),
+    ):
+        if key in cmd:
+            return name
+    return "driver" if p.pid == os.getpid() else "other"
+
+
+def session_pss() -> dict[str, int]:
+    """PSS of the whole Ray session (this process and its descendants), by kind of process."""
     me = psutil.Process()
-    total = 0
+    out: dict[str, int] = {}
     for p in [me, *me.children(recursive=True)]:
         try:
             info = p.memory_full_info()
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
-        total += getattr(info, "pss", info.rss)
-    return total
+        g = _group(p)
+        out[g] = out.get(g, 0) + getattr(info, "pss", info.rss)
+    return out
 
 
 def worker_pids() -> list[int]:
@@ -70,12 +89,15 @@ def main() -> None:
     next_sample = t0
     kills: list[dict] = []
     memory: list[tuple[float, int]] = []
+    by_kind: list[tuple[float, dict[str, int]]] = []
 
     def tick(rows: list[dict]) -> bool:
         nonlocal next_kill, next_sample
         now = time.monotonic()
         if now >= next_sample:
-            memory.append((now - t0, session_pss()))
+            parts = session_pss()
+            memory.append((now - t0, sum(parts.values())))
+            by_kind.append((now - t0, parts))
             next_sample = now + 5.0
         if now >= next_kill:
             pids = worker_pids()
@@ -127,10 +149,20 @@ def main() -> None:
             if len(after) > 2
             else None
         ),
+        # where memory grew: PSS at the end minus PSS at the end of warm-up, by kind of process
+        "pss_growth_by_process_gb": _growth(by_kind, args.warmup),
         "kills": kills,
     }
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps({k: v for k, v in report.items() if k != "kills"}, indent=2))
+
+
+def _growth(by_kind: list[tuple[float, dict[str, int]]], warmup: float) -> dict[str, float]:
+    warm = [m for t, m in by_kind if t <= warmup]
+    if not warm or not by_kind:
+        return {}
+    first, last = warm[-1], by_kind[-1][1]
+    return {k: round((last.get(k, 0) - first.get(k, 0)) / 1e9, 3) for k in sorted({*first, *last})}
 
 
 if __name__ == "__main__":
