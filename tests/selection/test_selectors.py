@@ -70,6 +70,18 @@ class FixedBids:
         return out
 
 
+def assert_same_round(a: IncentiveRound, b: IncentiveRound) -> None:
+    """Every field equal (arrays elementwise, NaN equal to NaN)."""
+    for f in IncentiveRound.__dataclass_fields__:
+        va, vb = getattr(a, f), getattr(b, f)
+        if isinstance(va, np.ndarray):
+            np.testing.assert_array_equal(va, vb)
+        elif isinstance(va, float) and math.isnan(va):
+            assert math.isnan(vb), f
+        else:
+            assert va == vb, f
+
+
 def run_round(clients, *, available=None, carry=0.0, budget=10.0, k=0.5, params=None, seed=0):
     available = sorted(clients.amount) if available is None else available
     return select_incentive(
@@ -433,14 +445,7 @@ def test_offers_sent_ahead_give_the_one_step_at_a_time_outcome(seed):
         )
         calls.append(local.calls)
     live, windowed = rounds
-    for f in IncentiveRound.__dataclass_fields__:
-        a, b = getattr(live, f), getattr(windowed, f)
-        if isinstance(a, np.ndarray):
-            np.testing.assert_array_equal(a, b)
-        elif isinstance(a, float) and math.isnan(a):
-            assert math.isnan(b)
-        else:
-            assert a == b, f
+    assert_same_round(live, windowed)
     passes = len(live.announced_caps)
     steps = int(live.steps.max())
     assert steps > 400  # the defaults: ~500 offers per bargain
@@ -533,15 +538,7 @@ def test_same_seed_same_round():
             seeding.rng(seed, seeding.SELECTION, 3),
         )
 
-    a, b = once(5), once(5)
-    for f in IncentiveRound.__dataclass_fields__:
-        va, vb = getattr(a, f), getattr(b, f)
-        if isinstance(va, np.ndarray):
-            np.testing.assert_array_equal(va, vb)
-        elif isinstance(va, float) and math.isnan(va):
-            assert math.isnan(vb)
-        else:
-            assert va == vb
+    assert_same_round(once(5), once(5))
 
 
 # --- one contract over every selector -------------------------------------------------------------
