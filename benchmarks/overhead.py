@@ -57,12 +57,16 @@ def main() -> None:
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level="ERROR")
     ray_start_s = time.perf_counter() - t0
     plain_s, plain1_s, rayfl_loop_s, rayfl_total_s = [], [], [], []
-    w_plain = w_rayfl = None
+    w_plain = w_plain2 = w_rayfl = None
     for rep in range(args.repeats):
         # Plain loop with torch's default threads (all cores) and with one thread.
-        w_plain, secs, _ = plain_run(cfg, threads=os.cpu_count())
+        w_plain2, secs, _ = plain_run(cfg, threads=os.cpu_count())
         plain_s.append(secs)
-        _, secs1, _ = plain_run(cfg, threads=1)
+        # The reference is the one-thread loop: each rayfl worker computes with one torch
+        # thread, so the gradients match it bit for bit; with 2 threads the convolution's
+        # backward sums in another order, and 300 iterations of WKAFL's clipping and selection
+        # amplify that to ~1e-3 (reported, not asserted).
+        w_plain, secs1, _ = plain_run(cfg, threads=1)
         plain1_s.append(secs1)
         with tempfile.TemporaryDirectory() as tmp:
             t = time.perf_counter()
@@ -79,6 +83,7 @@ def main() -> None:
         )
     ray.shutdown()
     max_diff = float(np.max(np.abs(w_plain - w_rayfl)))
+    max_diff_2_threads = float(np.max(np.abs(w_plain2 - w_rayfl)))
     identical = w_plain.tobytes() == w_rayfl.tobytes()
     np.testing.assert_allclose(w_rayfl, w_plain, rtol=1e-4, atol=1e-5)
     best_plain = min(min(plain_s), min(plain1_s))
@@ -95,6 +100,7 @@ def main() -> None:
         "ratio_rayfl_over_plain": ratio,
         "weights_identical": identical,
         "max_abs_weight_diff": max_diff,
+        "max_abs_weight_diff_vs_2_thread_plain": max_diff_2_threads,
     }
     print(json.dumps(out, indent=2))
     print(f"ratio rayfl / plain (best of each) = {ratio:.2f} (target <= 1.3)")
