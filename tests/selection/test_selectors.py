@@ -380,12 +380,17 @@ def test_everything_the_server_receives_is_a_message():
 # --- the message protocol gives the same outcome as the full-information bargain -----------------
 
 
+def _twelve_clients(seed, cls):
+    """12 clients of 300 samples with seeded losses, behind ``cls`` (a LocalClients)."""
+    population = draw_population(np.full(12, 300), np.full(12, 0.5), seed=seed)
+    losses = np.random.default_rng(seed).uniform(0.0, 3.0, 12)
+    return population, cls(population, losses, reference_time(population, 1), BidParams(), 0.95)
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_protocol_matches_full_information_bargain(seed):
     n = 12
-    population = draw_population(np.full(n, 300), np.full(n, 0.5), seed=seed)
-    losses = np.random.default_rng(seed).uniform(0.0, 3.0, n)
-    local = LocalClients(population, losses, reference_time(population, 1), BidParams(), 0.95)
+    population, local = _twelve_clients(seed, LocalClients)
     r = select_incentive(
         range(n),
         0.0,
@@ -423,13 +428,9 @@ def test_offers_sent_ahead_give_the_one_step_at_a_time_outcome(seed):
     """The windowed exchange (offers k..2k-1 in one message) is bit-identical to the live one
     (max_window=1: one offer per client per message), in about log2(A) + 2 calls, not A / 2."""
     n = 12
-    population = draw_population(np.full(n, 300), np.full(n, 0.5), seed=seed)
-    losses = np.random.default_rng(seed).uniform(0.0, 3.0, n)
     rounds, calls = [], []
     for window in (1, None):
-        local = CountingClients(
-            population, losses, reference_time(population, 1), BidParams(), 0.95
-        )
+        population, local = _twelve_clients(seed, CountingClients)
         rounds.append(
             select_incentive(
                 range(n),
