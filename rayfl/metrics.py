@@ -11,12 +11,14 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 METRICS_FILE = "metrics.parquet"
@@ -45,47 +47,119 @@ def _table(rows: Sequence[Mapping[str, Any]]) -> pa.Table:
 
 def write_table(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
     """Writes rows (dicts; missing keys become nulls) as a Parquet file, atomically."""
+    _write(path, _table(rows))
+
+
+def _write(path: Path, table: pa.Table) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(_table(rows), tmp)
+    pq.write_table(table, tmp)
     os.replace(tmp, path)
 
 
+def append_rows(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Appends rows to a Parquet file (creating it), atomically: the file on disk is always
+    complete. New columns are added (earlier rows get nulls); int columns that meet floats
+    become floats."""
+    table = _table(rows)
+    if path.is_file():
+        table = pa.concat_tables([pq.read_table(path), table], promote_options="permissive")
+    _write(path, table)
+
+
+def read_rows(path: Path, before_iteration: int | None = None) -> list[dict[str, Any]]:
+    """The rows of a Parquet file as dicts without their null entries (as they were written),
+    optionally only those with ``iteration < before_iteration``."""
+    if not path.is_file():
+        return []
+    rows = pq.read_table(path).to_pylist()
+    return [
+        {k: v for k, v in r.items() if v is not None}
+        for r in rows
+        if before_iteration is None or r["iteration"] < before_iteration
+    ]
+
+
 class RunLog:
-    """Collects metric and update rows and keeps the run folder's Parquet files current."""
+    """Writes a run's metric and update rows to the run folder's Parquet files as they come.
+
+    Only the rows since the last :meth:`flush` stay in memory (plus the last row and the last
+    evaluation, for the progress bar), so a long run's driver does not grow with its length.
+    Each flush appends to the files atomically (read, add, write to a temporary file, rename);
+    flushes back off so that they never take more than about 5 % of the wall time.
+    """
 
     def __init__(self, run_dir: Path):
         self.run_dir = run_dir
-        self.metrics: list[dict[str, Any]] = []
-        self.updates: list[dict[str, Any]] = []
+        self._metrics: list[dict[str, Any]] = []  # not yet on disk
+        self._updates: list[dict[str, Any]] = []
+        self.last: dict[str, Any] | None = None  # the last metric row
+        self._last_eval: dict[str, Any] | None = None
+        self.iterations_done = 0  # last iteration logged + 1
+        self._flushed_at = -math.inf
+        self._flush_cost = 0.0
 
     def extend(self, metrics: Iterable[dict[str, Any]], updates: Iterable[dict[str, Any]]) -> None:
-        self.metrics.extend(metrics)
-        self.updates.extend(updates)
+        metrics = list(metrics)
+        self._metrics.extend(metrics)
+        self._updates.extend(updates)
+        for row in metrics:
+            if row.get("eval/accuracy") is not None:
+                self._last_eval = row
+        if metrics:
+            self.last = metrics[-1]
+            self.iterations_done = metrics[-1]["iteration"] + 1
 
     def load(self, before_iteration: int) -> None:
-        """Reads the rows already in the run folder (a resumed run), up to ``before_iteration``."""
-        for name, rows in ((METRICS_FILE, self.metrics), (UPDATES_FILE, self.updates)):
+        """A resumed run: keeps the rows already in the run folder up to ``before_iteration``
+        (the checkpoint's iteration) and drops any written after it."""
+        self._metrics.clear()
+        self._updates.clear()
+        self.trim(before_iteration)
+        rows = read_rows(self.run_dir / METRICS_FILE)
+        self.last = rows[-1] if rows else None
+        self.iterations_done = rows[-1]["iteration"] + 1 if rows else 0
+        evals = [r for r in rows if r.get("eval/accuracy") is not None]
+        self._last_eval = evals[-1] if evals else None
+
+    def trim(self, before_iteration: int) -> None:
+        """Drops every row (on disk and in memory) of iteration ``before_iteration`` or later."""
+        for name, pending in ((METRICS_FILE, self._metrics), (UPDATES_FILE, self._updates)):
+            pending[:] = [r for r in pending if r["iteration"] < before_iteration]
             path = self.run_dir / name
             if path.is_file():
-                rows[:] = [
-                    r for r in pq.read_table(path).to_pylist() if r["iteration"] < before_iteration
-                ]
-                for r in rows:  # Parquet wrote missing keys as nulls: drop them again
-                    for key in [k for k, v in r.items() if v is None]:
-                        del r[key]
+                table = pq.read_table(path)
+                keep = pc.less(table["iteration"], before_iteration)
+                if not pc.all(keep).as_py():
+                    _write(path, table.filter(keep))
+        if self.last is not None and self.last["iteration"] >= before_iteration:
+            rows = self._metrics or read_rows(self.run_dir / METRICS_FILE)
+            self.last = rows[-1] if rows else None
+        self.iterations_done = min(self.iterations_done, before_iteration)
 
-    def flush(self) -> None:
-        """Rewrites metrics.parquet and updates.parquet with everything so far."""
-        if self.metrics:
-            write_table(self.run_dir / METRICS_FILE, self.metrics)
-        if self.updates:
-            write_table(self.run_dir / UPDATES_FILE, self.updates)
+    def flush(self, *, force: bool = True) -> bool:
+        """Appends the rows since the last flush to metrics.parquet and updates.parquet.
+
+        With ``force=False`` it skips (returns False) while the last flush is too recent: at
+        most one every 5 s, and never more often than 20 times its own cost."""
+        now = time.perf_counter()
+        if not force and now - self._flushed_at < max(5.0, 20 * self._flush_cost):
+            return False
+        if self._metrics:
+            append_rows(self.run_dir / METRICS_FILE, self._metrics)
+            self._metrics.clear()
+        if self._updates:
+            append_rows(self.run_dir / UPDATES_FILE, self._updates)
+            self._updates.clear()
+        self._flushed_at = time.perf_counter()
+        self._flush_cost = self._flushed_at - now
+        return True
+
+    def rows(self) -> list[dict[str, Any]]:
+        """Every metric row of the run so far (read back from disk, plus the pending ones)."""
+        return [*read_rows(self.run_dir / METRICS_FILE), *self._metrics]
 
     def last_eval(self) -> dict[str, Any] | None:
-        for row in reversed(self.metrics):
-            if row.get("eval/accuracy") is not None:
-                return row
-        return None
+        return self._last_eval
 
 
 def summarize(metrics: Sequence[Mapping[str, Any]], last_n: int = 100) -> dict[str, Any]:

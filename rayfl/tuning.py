@@ -466,7 +466,7 @@ def _trainable(config: dict[str, Any], spec: SearchSpec | None = None, dataset: 
 
         log = RunLog(run_dir)
         log.load(before_iteration=read_checkpoint(run_dir)["t"])
-        rows.extend(log.metrics)
+        rows.extend(log.rows())
     elif run_dir.exists():
         shutil.rmtree(run_dir)  # a retried trial without a checkpoint starts over
     run(

@@ -139,9 +139,12 @@ def test_smoke_search_end_to_end(ray_session, tmp_path):
     # ASHA stopped at least one trial before the end (30 iterations = 6 evaluations).
     assert trials["training_iteration"].min() < trials["training_iteration"].max() == 6
     assert (outcome.path / "search.png").stat().st_size > 1000
-    # Engine checkpoints (every 10 iterations here) reach Tune as trial checkpoints.
+    # Engine checkpoints (every 10 iterations here) reach Tune as trial checkpoints: a trial
+    # that ran all 30 iterations reported the ones at 10 and 20. (How many the others got
+    # depends on when ASHA stopped them, which depends on the order the trials report in.)
     ckpts = list(outcome.path.glob("*/checkpoint_*/checkpoint.pkl"))
-    assert len(ckpts) >= 4, ckpts
+    for trial_id in trials.loc[trials["training_iteration"] == 6, "trial_id"]:
+        assert len([p for p in ckpts if trial_id in str(p)]) == 2, (trial_id, ckpts)
     assert {p.name for p in ckpts[0].parent.iterdir()} >= {"checkpoint.pkl", "metrics.parquet"}
     best = yaml.safe_load((outcome.path / "best_config.yaml").read_text())
     assert best["aggregation"]["lr"] in (0.02, 0.05)

@@ -180,7 +180,7 @@ def run_rounds(
             "seed": cfg.seed,
             "mode": "sync",
             "selection": cfg.selection.kind,
-            **summarize(log.metrics),
+            **summarize(log.rows()),
             **_round_summary(records),
             "driver_wall_s": time.perf_counter() - t0,
         }
@@ -207,8 +207,7 @@ def run_rounds(
 
 def _trim(log: RunLog, records: list[dict[str, Any]], t: int) -> None:
     """Keeps only the rows and records of rounds before t."""
-    log.metrics[:] = [r for r in log.metrics if r["iteration"] < t]
-    log.updates[:] = [r for r in log.updates if r["iteration"] < t]
+    log.trim(t)
     records[:] = [r for r in records if r["round"] < t]
 
 

@@ -372,7 +372,6 @@ def run(
         request()
         request()
         stop = False
-        last_flush = time.perf_counter()
         while calls:
             kind, ref = calls.pop(0)
             if kind == "checkpoint":
@@ -392,13 +391,8 @@ def run(
                 stop = True  # the callback asked to end early: drain what is in flight
             bar.update(len(chunk["metrics"]))
             _postfix(bar, log)
-            if time.perf_counter() - last_flush > 5.0 or any(
-                "eval/accuracy" in r for r in chunk["metrics"]
-            ):
-                log.flush()
-                last_flush = time.perf_counter()
-                if mirror is not None:
-                    mirror.push(force=False)
+            if log.flush(force=False) and mirror is not None:
+                mirror.push(force=False)
         if every:  # a finished run can be extended: rayfl run --resume DIR --set iterations=N
             write_checkpoint(run_dir, _get(server.checkpoint.remote()))
             checkpointed = True
@@ -431,7 +425,7 @@ def run(
             "status": status,
             "rayfl_version": __version__,
             "seed": cfg.seed,
-            **summarize(log.metrics),
+            **summarize(log.rows()),
             "driver_wall_s": time.perf_counter() - t0,
         }
         if status in ("finished", "stopped"):
@@ -474,8 +468,7 @@ def _checkpoint_on_interrupt(
             if kind == "chunk":
                 log.extend(value["metrics"], value["updates"])
         state = ray.get(server.checkpoint.remote(), timeout=max(0.1, deadline - time.monotonic()))
-        done = log.metrics[-1]["iteration"] + 1 if log.metrics else 0
-        if state["t"] != done:
+        if state["t"] != log.iterations_done:
             return False  # a chunk was lost mid-way: the checkpoint would run ahead of the metrics
         log.flush()
         write_checkpoint(run_dir, state)
@@ -527,9 +520,9 @@ def _get(ref: Any) -> Any:
 
 
 def _postfix(bar: Any, log: RunLog) -> None:
-    if not log.metrics:
+    last = log.last
+    if last is None:
         return
-    last = log.metrics[-1]
     ev = log.last_eval()
     post = {}
     if ev is not None:
