@@ -7,8 +7,9 @@ seconds, then asks the run to stop cleanly and reports:
 - iterations done and worker failures seen by the server;
 - updates lost: jobs started minus jobs aggregated, rejected, dropped by remodel and still live
   (the server's own bookkeeping; must be 0), and whether metrics and updates add up;
-- memory (PSS of the whole Ray session, sampled every 5 s): the value after warm-up (the first
-  ``--warmup`` seconds) and the peak after it (must not grow).
+- memory (PSS of the whole Ray session, sampled every 5 s, by kind of process): after warm-up
+  (the first ``--warmup`` seconds), the peak of the last window against the peak of the first
+  (must not grow) and the straight-line trend.
 
     python benchmarks/soak.py [--minutes 30] [--kill-every 120] [--warmup 180]
 """
@@ -49,18 +50,22 @@ def _group(p: psutil.Process) -> str:
     return "driver" if p.pid == os.getpid() else "other"
 
 
-def session_pss() -> dict[str, int]:
-    """PSS of the whole Ray session (this process and its descendants), by kind of process."""
+def session_memory() -> tuple[dict[str, int], dict[str, int]]:
+    """PSS and USS of the whole Ray session (this process and its descendants), by kind of
+    process. PSS adds up to the session's memory; USS (pages no other process maps) says which
+    process grew, as a worker restart moves shared pages' PSS onto the others."""
     me = psutil.Process()
-    out: dict[str, int] = {}
+    pss: dict[str, int] = {}
+    uss: dict[str, int] = {}
     for p in [me, *me.children(recursive=True)]:
         try:
             info = p.memory_full_info()
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
         g = _group(p)
-        out[g] = out.get(g, 0) + getattr(info, "pss", info.rss)
-    return out
+        pss[g] = pss.get(g, 0) + getattr(info, "pss", info.rss)
+        uss[g] = uss.get(g, 0) + getattr(info, "uss", info.rss)
+    return pss, uss
 
 
 def worker_pids() -> list[int]:
@@ -90,14 +95,16 @@ def main() -> None:
     kills: list[dict] = []
     memory: list[tuple[float, int]] = []
     by_kind: list[tuple[float, dict[str, int]]] = []
+    uss_by_kind: list[tuple[float, dict[str, int]]] = []
 
     def tick(rows: list[dict]) -> bool:
         nonlocal next_kill, next_sample
         now = time.monotonic()
         if now >= next_sample:
-            parts = session_pss()
+            parts, private = session_memory()
             memory.append((now - t0, sum(parts.values())))
             by_kind.append((now - t0, parts))
+            uss_by_kind.append((now - t0, private))
             next_sample = now + 5.0
         if now >= next_kill:
             pids = worker_pids()
@@ -120,8 +127,6 @@ def main() -> None:
     s = result.summary
     metrics = pq.read_table(result.run_dir / "metrics.parquet").to_pandas()
     updates = pq.read_table(result.run_dir / "updates.parquet").to_pandas()
-    warm = [m for t, m in memory if t <= args.warmup]
-    after = [m for t, m in memory if t > args.warmup]
     report = {
         "machine": f"{platform.node()} ({os.cpu_count()} CPUs), no GPU",
         "command": "python benchmarks/soak.py "
@@ -136,33 +141,59 @@ def main() -> None:
         ),
         "duplicate_updates": int(updates.duplicated(["iteration", "client_id"]).sum()),
         "final_accuracy": s.get("final_accuracy"),
-        "pss_after_warmup_gb": round(warm[-1] / 1e9, 3) if warm else None,
-        "pss_peak_after_warmup_gb": round(max(after) / 1e9, 3) if after else None,
-        "pss_growth_pct": round(100 * (max(after) / warm[-1] - 1), 1) if warm and after else None,
-        "pss_trend_gb_per_hour": (
-            round(
-                float(np.polyfit([t for t, _ in memory if t > args.warmup], after, 1)[0])
-                * 3600
-                / 1e9,
-                3,
-            )
-            if len(after) > 2
-            else None
-        ),
-        # where memory grew: PSS at the end minus PSS at the end of warm-up, by kind of process
-        "pss_growth_by_process_gb": _growth(by_kind, args.warmup),
+        **_memory_report(memory, by_kind, uss_by_kind, args.warmup),
         "kills": kills,
     }
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps({k: v for k, v in report.items() if k != "kills"}, indent=2))
+    print(
+        json.dumps(
+            {k: v for k, v in report.items() if k not in ("kills", "pss_series_mb")}, indent=2
+        )
+    )
 
 
-def _growth(by_kind: list[tuple[float, dict[str, int]]], warmup: float) -> dict[str, float]:
-    warm = [m for t, m in by_kind if t <= warmup]
-    if not warm or not by_kind:
+def _memory_report(
+    memory: list[tuple[float, int]],
+    by_kind: list[tuple[float, dict[str, int]]],
+    uss_by_kind: list[tuple[float, dict[str, int]]],
+    warmup: float,
+) -> dict[str, object]:
+    """Does memory grow after warm-up? The peak of the first window after warm-up against the
+    peak of the last (each a quarter of the time after warm-up, at least a minute: single
+    samples swing by tens of MB with evaluations and worker restarts), and the trend of a
+    straight-line fit, for the whole session and by kind of process."""
+    after = [(t, m) for t, m in memory if t > warmup]
+    if len(after) < 3:
         return {}
-    first, last = warm[-1], by_kind[-1][1]
-    return {k: round((last.get(k, 0) - first.get(k, 0)) / 1e9, 3) for k in sorted({*first, *last})}
+    start, end = after[0][0], after[-1][0]
+    width = max(60.0, (end - start) / 4)
+    first = max(m for t, m in after if t <= start + width)
+    last = max(m for t, m in after if t >= end - width)
+
+    def trend(points: list[tuple[float, float]]) -> float:
+        t, m = zip(*points, strict=True)
+        return round(float(np.polyfit(t, m, 1)[0]) * 3600 / 1e9, 3)
+
+    kinds = sorted({k for _, parts in by_kind for k in parts})
+
+    def trends(series: list[tuple[float, dict[str, int]]]) -> dict[str, float]:
+        after_kind = [(t, parts) for t, parts in series if t > warmup]
+        return {k: trend([(t, parts.get(k, 0)) for t, parts in after_kind]) for k in kinds}
+
+    return {
+        "pss_peak_first_window_gb": round(first / 1e9, 3),
+        "pss_peak_last_window_gb": round(last / 1e9, 3),
+        "pss_growth_pct": round(100 * (last / first - 1), 1),
+        "pss_trend_gb_per_hour": trend(after),
+        "pss_trend_by_process_gb_per_hour": trends(by_kind),
+        "uss_trend_by_process_gb_per_hour": trends(uss_by_kind),
+        # every 30 s: seconds, then MB by kind of process
+        "pss_series_mb": [
+            [round(t), {k: round(v / 1e6) for k, v in parts.items()}]
+            for i, (t, parts) in enumerate(by_kind)
+            if i % 6 == 0
+        ],
+    }
 
 
 if __name__ == "__main__":

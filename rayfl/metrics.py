@@ -150,6 +150,9 @@ class RunLog:
         if self._updates:
             append_rows(self.run_dir / UPDATES_FILE, self._updates)
             self._updates.clear()
+        # pyarrow's allocator (mimalloc) keeps the pages of every rewrite of a growing file:
+        # without this the soak benchmark's driver grew by ~90 MB per 400 flushes.
+        pa.default_memory_pool().release_unused()
         self._flushed_at = time.perf_counter()
         self._flush_cost = self._flushed_at - now
         return True

@@ -119,6 +119,10 @@ class ClientWorker:
             "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
         }
 
+    # The per-job calls send no task events to the GCS: a long run makes millions of them and
+    # the GCS keeps up to 100,000 (memory that grows for the first hours of a run); the
+    # dashboard still lists the actors, their failures and every other call.
+    @ray.method(enable_task_events=False)
     async def compute(self, job: Job, weights: np.ndarray, delay_s: float = 0.0) -> Update:
         """The update of ``job``; ``weights`` is the flat w_v (Ray resolves the ObjectRef)."""
         if delay_s > 0:
@@ -126,6 +130,7 @@ class ClientWorker:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self._update, job, weights)
 
+    @ray.method(enable_task_events=False)
     async def compute_batch(
         self, jobs: list[tuple[Job, int]], *weights: np.ndarray
     ) -> list[Update]:
