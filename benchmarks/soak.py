@@ -93,7 +93,6 @@ def main() -> None:
     next_kill = t0 + args.kill_every
     next_sample = t0
     kills: list[dict] = []
-    memory: list[tuple[float, int]] = []
     by_kind: list[tuple[float, dict[str, int]]] = []
     uss_by_kind: list[tuple[float, dict[str, int]]] = []
 
@@ -102,7 +101,6 @@ def main() -> None:
         now = time.monotonic()
         if now >= next_sample:
             parts, private = session_memory()
-            memory.append((now - t0, sum(parts.values())))
             by_kind.append((now - t0, parts))
             uss_by_kind.append((now - t0, private))
             next_sample = now + 5.0
@@ -141,7 +139,7 @@ def main() -> None:
         ),
         "duplicate_updates": int(updates.duplicated(["iteration", "client_id"]).sum()),
         "final_accuracy": s.get("final_accuracy"),
-        **_memory_report(memory, by_kind, uss_by_kind, args.warmup),
+        **_memory_report(by_kind, uss_by_kind, args.warmup),
         "kills": kills,
     }
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
@@ -153,7 +151,6 @@ def main() -> None:
 
 
 def _memory_report(
-    memory: list[tuple[float, int]],
     by_kind: list[tuple[float, dict[str, int]]],
     uss_by_kind: list[tuple[float, dict[str, int]]],
     warmup: float,
@@ -162,7 +159,7 @@ def _memory_report(
     peak of the last (each a quarter of the time after warm-up, at least a minute: single
     samples swing by tens of MB with evaluations and worker restarts), and the trend of a
     straight-line fit, for the whole session and by kind of process."""
-    after = [(t, m) for t, m in memory if t > warmup]
+    after = [(t, sum(parts.values())) for t, parts in by_kind if t > warmup]
     if len(after) < 3:
         return {}
     start, end = after[0][0], after[-1][0]

@@ -66,17 +66,11 @@ def append_rows(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
     _write(path, table)
 
 
-def read_rows(path: Path, before_iteration: int | None = None) -> list[dict[str, Any]]:
-    """The rows of a Parquet file as dicts without their null entries (as they were written),
-    optionally only those with ``iteration < before_iteration``."""
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    """The rows of a Parquet file as dicts without their null entries (as they were written)."""
     if not path.is_file():
         return []
-    rows = pq.read_table(path).to_pylist()
-    return [
-        {k: v for k, v in r.items() if v is not None}
-        for r in rows
-        if before_iteration is None or r["iteration"] < before_iteration
-    ]
+    return [{k: v for k, v in r.items() if v is not None} for r in pq.read_table(path).to_pylist()]
 
 
 class RunLog:
