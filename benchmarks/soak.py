@@ -7,9 +7,10 @@ seconds, then asks the run to stop cleanly and reports:
 - iterations done and worker failures seen by the server;
 - updates lost: jobs started minus jobs aggregated, rejected, dropped by remodel and still live
   (the server's own bookkeeping; must be 0), and whether metrics and updates add up;
-- memory (PSS of the whole Ray session, sampled every 5 s, by kind of process): after warm-up
-  (the first ``--warmup`` seconds), the peak of the last window against the peak of the first
-  (must not grow) and the straight-line trend.
+- memory of the whole Ray session, sampled every 5 s: after warm-up (the first ``--warmup``
+  seconds), the peak of the session's PSS in the last window against the first (must not grow)
+  and straight-line trends of the PSS, of each kind of process's heap (driver, server, workers,
+  GCS, ...) and of the object-store pages.
 
     python benchmarks/soak.py [--minutes 30] [--kill-every 120] [--warmup 180]
 """
@@ -50,22 +51,38 @@ def _group(p: psutil.Process) -> str:
     return "driver" if p.pid == os.getpid() else "other"
 
 
-def session_memory() -> tuple[dict[str, int], dict[str, int]]:
-    """PSS and USS of the whole Ray session (this process and its descendants), by kind of
-    process. PSS adds up to the session's memory; USS (pages no other process maps) says which
-    process grew, as a worker restart moves shared pages' PSS onto the others."""
+_FIELDS = {"Pss:": "pss", "Pss_Anon:": "anon", "Pss_Shmem:": "store"}
+
+
+def _rollup(pid: int) -> dict[str, int]:
+    """Bytes of a process: PSS, and the parts of it that are its own heap (anonymous pages) and
+    object-store pages (shared memory, each page split between the processes that map it)."""
+    out = {}
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            key, _, rest = line.partition(" ")
+            if key in _FIELDS:
+                out[_FIELDS[key]] = int(rest.split()[0]) * 1024
+    return out
+
+
+def session_memory() -> dict[str, dict[str, int]]:
+    """Memory of the whole Ray session (this process and its descendants) by kind of process:
+    {"pss" | "anon" | "store": {kind: bytes}}. PSS adds up to the session's memory; a process's
+    anonymous pages are its heap, which is where a leak shows; the object-store pages move between
+    processes as they map them (a worker restart hands its share to the others), so they are
+    best read as a session total."""
     me = psutil.Process()
-    pss: dict[str, int] = {}
-    uss: dict[str, int] = {}
+    out: dict[str, dict[str, int]] = {"pss": {}, "anon": {}, "store": {}}
     for p in [me, *me.children(recursive=True)]:
         try:
-            info = p.memory_full_info()
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            parts = _rollup(p.pid)
+        except OSError:
             continue
         g = _group(p)
-        pss[g] = pss.get(g, 0) + getattr(info, "pss", info.rss)
-        uss[g] = uss.get(g, 0) + getattr(info, "uss", info.rss)
-    return pss, uss
+        for field, value in parts.items():
+            out[field][g] = out[field].get(g, 0) + value
+    return out
 
 
 def worker_pids() -> list[int]:
@@ -93,16 +110,13 @@ def main() -> None:
     next_kill = t0 + args.kill_every
     next_sample = t0
     kills: list[dict] = []
-    by_kind: list[tuple[float, dict[str, int]]] = []
-    uss_by_kind: list[tuple[float, dict[str, int]]] = []
+    samples: list[tuple[float, dict[str, dict[str, int]]]] = []
 
     def tick(rows: list[dict]) -> bool:
         nonlocal next_kill, next_sample
         now = time.monotonic()
         if now >= next_sample:
-            parts, private = session_memory()
-            by_kind.append((now - t0, parts))
-            uss_by_kind.append((now - t0, private))
+            samples.append((now - t0, session_memory()))
             next_sample = now + 5.0
         if now >= next_kill:
             pids = worker_pids()
@@ -139,55 +153,55 @@ def main() -> None:
         ),
         "duplicate_updates": int(updates.duplicated(["iteration", "client_id"]).sum()),
         "final_accuracy": s.get("final_accuracy"),
-        **_memory_report(by_kind, uss_by_kind, args.warmup),
+        **_memory_report(samples, args.warmup),
         "kills": kills,
     }
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     print(
-        json.dumps(
-            {k: v for k, v in report.items() if k not in ("kills", "pss_series_mb")}, indent=2
-        )
+        json.dumps({k: v for k, v in report.items() if k not in ("kills", "series_mb")}, indent=2)
     )
 
 
 def _memory_report(
-    by_kind: list[tuple[float, dict[str, int]]],
-    uss_by_kind: list[tuple[float, dict[str, int]]],
-    warmup: float,
+    samples: list[tuple[float, dict[str, dict[str, int]]]], warmup: float
 ) -> dict[str, object]:
-    """Does memory grow after warm-up? The peak of the first window after warm-up against the
-    peak of the last (each a quarter of the time after warm-up, at least a minute: single
-    samples swing by tens of MB with evaluations and worker restarts), and the trend of a
-    straight-line fit, for the whole session and by kind of process."""
-    after = [(t, sum(parts.values())) for t, parts in by_kind if t > warmup]
+    """Does memory grow after warm-up? The peak of the session's PSS in the first window after
+    warm-up against the peak in the last (each a quarter of the time after warm-up, at least a
+    minute: single samples swing by tens of MB with evaluations and worker restarts), and the
+    trends of straight-line fits: PSS of the session, heap (anonymous pages) by kind of process,
+    and object-store pages of the session."""
+    after = [(t, s) for t, s in samples if t > warmup]
     if len(after) < 3:
         return {}
     start, end = after[0][0], after[-1][0]
     width = max(60.0, (end - start) / 4)
-    first = max(m for t, m in after if t <= start + width)
-    last = max(m for t, m in after if t >= end - width)
+    total = [(t, sum(s["pss"].values())) for t, s in after]
+    first = max(m for t, m in total if t <= start + width)
+    last = max(m for t, m in total if t >= end - width)
 
     def trend(points: list[tuple[float, float]]) -> float:
         t, m = zip(*points, strict=True)
         return round(float(np.polyfit(t, m, 1)[0]) * 3600 / 1e9, 3)
 
-    kinds = sorted({k for _, parts in by_kind for k in parts})
-
-    def trends(series: list[tuple[float, dict[str, int]]]) -> dict[str, float]:
-        after_kind = [(t, parts) for t, parts in series if t > warmup]
-        return {k: trend([(t, parts.get(k, 0)) for t, parts in after_kind]) for k in kinds}
-
+    kinds = sorted({k for _, s in samples for k in s["pss"]})
     return {
         "pss_peak_first_window_gb": round(first / 1e9, 3),
         "pss_peak_last_window_gb": round(last / 1e9, 3),
         "pss_growth_pct": round(100 * (last / first - 1), 1),
-        "pss_trend_gb_per_hour": trend(after),
-        "pss_trend_by_process_gb_per_hour": trends(by_kind),
-        "uss_trend_by_process_gb_per_hour": trends(uss_by_kind),
-        # every 30 s: seconds, then MB by kind of process
-        "pss_series_mb": [
-            [round(t), {k: round(v / 1e6) for k, v in parts.items()}]
-            for i, (t, parts) in enumerate(by_kind)
+        "pss_trend_gb_per_hour": trend(total),
+        "heap_trend_by_process_gb_per_hour": {
+            k: trend([(t, s["anon"].get(k, 0)) for t, s in after]) for k in kinds
+        },
+        "store_pages_trend_gb_per_hour": trend([(t, sum(s["store"].values())) for t, s in after]),
+        # every 30 s: seconds, PSS by kind of process, heap by kind, object-store pages (MB)
+        "series_mb": [
+            [
+                round(t),
+                {k: round(v / 1e6) for k, v in s["pss"].items()},
+                {k: round(v / 1e6) for k, v in s["anon"].items()},
+                round(sum(s["store"].values()) / 1e6),
+            ]
+            for i, (t, s) in enumerate(samples)
             if i % 6 == 0
         ],
     }
