@@ -12,27 +12,36 @@ import json
 import math
 import os
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from rayfl import heap
+
 METRICS_FILE = "metrics.parquet"
 UPDATES_FILE = "updates.parquet"
 SUMMARY_FILE = "summary.json"
 CONFIG_FILE = "config.yaml"
 MODEL_FILE = "model.pt"
+ROW_GROUP_ROWS = 16_384  # rows per Parquet row group of the run's files
 CHECKPOINT_FILE = "checkpoint.pkl"
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Writes ``data`` to ``path`` via a temporary file and a rename."""
+    atomic_write(path, lambda f: f.write(data))
+
+
+def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """``write(f)`` fills a temporary file next to ``path``, which then replaces ``path``."""
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
+    with open(tmp, "wb") as f:
+        write(f)
     os.replace(tmp, path)
 
 
@@ -52,18 +61,46 @@ def write_table(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
 
 def _write(path: Path, table: pa.Table) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, tmp)
+    pq.write_table(table, tmp, row_group_size=ROW_GROUP_ROWS)
     os.replace(tmp, path)
 
 
 def append_rows(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
     """Appends rows to a Parquet file (creating it), atomically: the file on disk is always
     complete. New columns are added (earlier rows get nulls); int columns that meet floats
-    become floats."""
+    become floats.
+
+    The old rows are copied to the new file one row group at a time, so the memory a flush
+    needs stays the same however long the file grows (a long run's driver would otherwise grow
+    with it); small row groups are merged up to ``ROW_GROUP_ROWS`` rows as they are copied.
+    """
     table = _table(rows)
-    if path.is_file():
-        table = pa.concat_tables([pq.read_table(path), table], promote_options="permissive")
-    _write(path, table)
+    if not path.is_file():
+        _write(path, table)
+        return
+    old = pq.ParquetFile(path)
+    schema = pa.unify_schemas([old.schema_arrow, table.schema], promote_options="permissive")
+    tmp = path.with_name(f".{path.name}.tmp")
+    with pq.ParquetWriter(tmp, schema) as writer:
+        pending: list[pa.Table] = []
+        for i in range(old.num_row_groups):
+            pending.append(_conform(old.read_row_group(i), schema))
+            if sum(t.num_rows for t in pending) >= ROW_GROUP_ROWS:
+                writer.write_table(pa.concat_tables(pending), row_group_size=ROW_GROUP_ROWS)
+                pending = []
+        pending.append(_conform(table, schema))
+        writer.write_table(pa.concat_tables(pending), row_group_size=ROW_GROUP_ROWS)
+    old.close()
+    os.replace(tmp, path)
+
+
+def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """``table`` with ``schema``'s columns, in its order and types (missing ones all null)."""
+    columns = [
+        table[f.name].cast(f.type) if f.name in table.column_names else pa.nulls(len(table), f.type)
+        for f in schema
+    ]
+    return pa.Table.from_arrays(columns, schema=schema)
 
 
 def read_rows(path: Path) -> list[dict[str, Any]]:
@@ -78,8 +115,8 @@ class RunLog:
 
     Only the rows since the last :meth:`flush` stay in memory (plus the last row and the last
     evaluation, for the progress bar), so a long run's driver does not grow with its length.
-    Each flush appends to the files atomically (read, add, write to a temporary file, rename);
-    flushes back off so that they never take more than about 5 % of the wall time.
+    Each flush appends to the files atomically (copy, add, write to a temporary file, rename;
+    see :func:`append_rows`); flushes back off so that they never take more than about 5 % of the wall time.
     """
 
     def __init__(self, run_dir: Path):
@@ -147,6 +184,7 @@ class RunLog:
         # pyarrow's allocator (mimalloc) keeps the pages of every rewrite of a growing file:
         # without this the soak benchmark's driver grew by ~90 MB per 400 flushes.
         pa.default_memory_pool().release_unused()
+        heap.trim()  # and glibc its freed pages (rayfl.heap): a flush is at most every 5 s
         self._flushed_at = time.perf_counter()
         self._flush_cost = self._flushed_at - now
         return True

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pyarrow.parquet as pq
 
+from rayfl import metrics
 from rayfl.metrics import METRICS_FILE, UPDATES_FILE, RunLog, read_rows
 
 
@@ -88,3 +89,20 @@ def test_load_of_a_run_without_files(tmp_path):
     log = RunLog(tmp_path)
     log.load(before_iteration=0)
     assert log.rows() == [] and log.last is None and log.iterations_done == 0
+
+
+def test_appends_merge_small_row_groups_and_late_columns(tmp_path, monkeypatch):
+    monkeypatch.setattr(metrics, "ROW_GROUP_ROWS", 10)
+    log = RunLog(tmp_path)
+    for start in range(0, 35, 5):
+        rows = [{"iteration": t, "x": t} for t in range(start, start + 5)]
+        if start >= 20:  # a column that appears after the first row groups are written
+            for r in rows:
+                r["y"] = 0.5
+        log.extend(rows, [])
+        log.flush()
+    f = pq.ParquetFile(tmp_path / METRICS_FILE)
+    assert [f.metadata.row_group(i).num_rows for i in range(f.num_row_groups)] == [10, 10, 10, 5]
+    table = f.read()
+    assert table.column("iteration").to_pylist() == list(range(35))
+    assert table.column("y").to_pylist() == [None] * 20 + [0.5] * 15

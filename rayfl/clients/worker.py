@@ -23,6 +23,7 @@ import torch
 
 from rayfl.config import ExperimentConfig
 from rayfl.errors import ConfigError
+from rayfl.heap import HeapTrimmer
 from rayfl.models import build_model
 from rayfl.rounds.client import RoundClients, RoundUpdate
 from rayfl.selection import Bid, LossReport, Offer, Response
@@ -67,6 +68,7 @@ class ClientWorker:
         self.computer: UpdateComputer | None = None
         # One compute thread: jobs run one at a time, in the order they were submitted.
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+        self._trim_heap = HeapTrimmer()  # a worker lives for the whole run (rayfl.heap)
         self._faulty = frozenset(cfg.client.faults.get("client_ids", ()))
         self._fault_kind = cfg.client.faults.get("kind")
         # Synchronous rounds (rayfl.rounds): the client side, whose private numbers stay here.
@@ -106,6 +108,7 @@ class ClientWorker:
         vector, loss = self.computer.compute(job.client_id, job.version, weights)
         if job.client_id in self._faulty:
             vector = corrupt(vector, self._fault_kind)
+        self._trim_heap()
         return Update(job.client_id, job.version, vector, loss, self.index)
 
     def info(self) -> dict[str, Any]:
@@ -119,9 +122,9 @@ class ClientWorker:
             "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
         }
 
-    # The per-job calls send no task events to the GCS: a long run makes millions of them and
-    # the GCS keeps up to 100,000 (memory that grows for the first hours of a run); the
-    # dashboard still lists the actors, their failures and every other call.
+    # The calls made for every job (and, below, every round) send no task events to the GCS: a
+    # long run makes millions of them and the GCS keeps up to 100,000 (memory that grows for the
+    # first hours of a run); the dashboard still lists the actors, their failures and attach().
     @ray.method(enable_task_events=False)
     async def compute(self, job: Job, weights: np.ndarray, delay_s: float = 0.0) -> Update:
         """The update of ``job``; ``weights`` is the flat w_v (Ray resolves the ObjectRef)."""
@@ -156,32 +159,39 @@ class ClientWorker:
         if self._rounds is None:
             raise RuntimeError("round methods need a config with mode: sync")
         fn = getattr(self._rounds, method)
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        out = await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        self._trim_heap()
+        return out
 
+    @ray.method(enable_task_events=False)
     async def train_round(
         self, client_ids: list[int], t: int, weights: np.ndarray
     ) -> list[RoundUpdate]:
         """Trains each client E local epochs from w(t); its new weights, loss and |D_i|."""
         return await self._in_thread("train", client_ids, t, weights)
 
+    @ray.method(enable_task_events=False)
     async def round_losses(
         self, client_ids: list[int], t: int, weights: np.ndarray
     ) -> list[LossReport]:
         """pow-d: each candidate's F_i(w(t)), computed here on its local data."""
         return await self._in_thread("loss_reports", client_ids, t, weights)
 
+    @ray.method(enable_task_events=False)
     async def round_bids(
         self, client_ids: list[int], cap: float, t: int, weights: np.ndarray
     ) -> list[Bid]:
         """Incentive: each client's bid under ``cap``; its loss and costs stay here."""
         return await self._in_thread("bids", client_ids, cap, t, weights)
 
+    @ray.method(enable_task_events=False)
     async def round_replies(
         self, offers: list[Offer], cap: float, t: int, weights: np.ndarray
     ) -> list[Offer | Response]:
         """Incentive: each client's accepts / counter-offers to the server's offers."""
         return await self._in_thread("replies", offers, cap, t, weights)
 
+    @ray.method(enable_task_events=False)
     async def round_utilities(
         self, client_ids: list[int], payments: list[float], t: int, weights: np.ndarray
     ) -> list[float]:

@@ -32,6 +32,7 @@ from rayfl.metrics import (
     METRICS_FILE,
     MODEL_FILE,
     RunLog,
+    atomic_write,
     atomic_write_bytes,
     read_metrics,
     summarize,
@@ -478,8 +479,16 @@ def _checkpoint_on_interrupt(
 
 
 def write_checkpoint(run_dir: Path, state: dict[str, Any]) -> None:
-    """Writes the server's state to RUN_DIR/checkpoint.pkl atomically (write, then rename)."""
-    atomic_write_bytes(run_dir / CHECKPOINT_FILE, pickle.dumps(state, protocol=5))
+    """Writes the server's state to RUN_DIR/checkpoint.pkl atomically (write, then rename).
+
+    The model versions in ``state`` may be ObjectRefs (``KAsyncServer.checkpoint``): they are
+    read from the object store here and streamed to the file with the rest.
+    """
+    versions = state.get("versions", {})
+    if any(isinstance(w, ray.ObjectRef) for w in versions.values()):
+        arrays = ray.get(list(versions.values()))
+        state = {**state, "versions": dict(zip(versions, arrays, strict=True))}
+    atomic_write(run_dir / CHECKPOINT_FILE, lambda f: pickle.dump(state, f, protocol=5))
 
 
 def read_checkpoint(run_dir: Path) -> dict[str, Any]:

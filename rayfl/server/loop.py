@@ -28,6 +28,7 @@ from rayfl.clients.pool import WorkerPool
 from rayfl.clients.worker import SharedData, make_pool, pool_size
 from rayfl.config import ExperimentConfig
 from rayfl.errors import RayflError
+from rayfl.heap import HeapTrimmer
 from rayfl.models import build_model, get_flat, set_flat
 from rayfl.server.clock import RealQueue, SpeedModel, VirtualQueue
 from rayfl.server.types import Job, Update
@@ -81,6 +82,7 @@ class KAsyncServer:
     def __init__(self, cfg: ExperimentConfig, data: SharedData):
         self.cfg = cfg
         self.data = data
+        self._trim_heap = HeapTrimmer()  # rayfl.heap: the server lives for the whole run
 
     def start(self, restore: dict[str, Any] | None = None) -> dict[str, Any]:
         """Builds w_0, starts the worker pool and dispatches every client on w_0; or, with
@@ -193,7 +195,8 @@ class KAsyncServer:
     def checkpoint(self) -> dict[str, Any]:
         """The server's full state after iteration t - 1: enough to continue bit-identically.
 
-        Holds the global model, every version a live job still holds, the rule and control
+        Holds the global model, every version a live job still holds (as ObjectRefs, which
+        ``write_checkpoint`` resolves), the rule and control
         states (momentum, adaptive K, judgement's EWMA), the counters, and the live jobs (the
         virtual clock's heap). Every random draw in the engine is a pure function of
         (seed, stream, client, version), so no generator state needs saving.
@@ -220,7 +223,10 @@ class KAsyncServer:
             "wall_s": time.perf_counter() - self.started_at,
             "now": self.queue.now,
             "jobs": [(j.finish, j.client_id, j.version) for j in jobs],
-            "versions": dict(zip(held, ray.get([self.versions[v][0] for v in held]), strict=True)),
+            # ObjectRefs, not arrays: the caller gets the versions straight from the object store
+            # (write_checkpoint), instead of one big object of a different size each time,
+            # which fragments the store so that it keeps taking fresh pages.
+            "versions": {v: self.versions[v][0] for v in held},
         }
 
     def _restore_state(self, state: dict[str, Any]) -> None:
@@ -424,6 +430,9 @@ class KAsyncServer:
 
     # --- the loop -----------------------------------------------------------------------------
 
+    # The driver calls this every CHUNK iterations: no task events to the GCS, which would keep
+    # up to 100,000 of them (it grew ~25 MB per hour in the soak); failures still show.
+    @ray.method(enable_task_events=False)
     def run(self, iterations: int) -> dict[str, list[dict[str, Any]]]:
         """Runs up to ``iterations`` more iterations; returns their metric and update rows."""
         rows: list[dict[str, Any]] = []
@@ -434,6 +443,7 @@ class KAsyncServer:
             row, ups = self.iterate()
             rows.append(row)
             update_rows.extend(ups)
+        self._trim_heap()
         return {"metrics": rows, "updates": update_rows}
 
     def iterate(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
