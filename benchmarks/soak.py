@@ -10,7 +10,8 @@ seconds, then asks the run to stop cleanly and reports:
 - memory of the whole Ray session, sampled every 5 s: after warm-up (the first ``--warmup``
   seconds), the peak of the session's PSS in the last window against the first (must not grow)
   and straight-line trends of the PSS, of each kind of process's heap (driver, server, workers,
-  GCS, ...) and of the object-store pages.
+  GCS, ...) and of the object-store pages; and the exact peak RSS of each process (the kernel's
+  high-water mark, reset at the start of each quarter after warm-up), last quarter against first.
 
     python benchmarks/soak.py [--minutes 30] [--kill-every 120] [--warmup 180]
 """
@@ -85,6 +86,26 @@ def session_memory() -> dict[str, dict[str, int]]:
     return out
 
 
+def peak_rss_and_reset() -> dict[str, int]:
+    """Peak RSS of every process of the session since its last reset (the kernel's high-water
+    mark, VmHWM: exact, not sampled), summed by kind of process; then starts a new window
+    (``clear_refs``). A process that died in the window is not counted; a restarted one counts
+    from its start."""
+    me = psutil.Process()
+    out: dict[str, int] = {}
+    for p in [me, *me.children(recursive=True)]:
+        try:
+            with open(f"/proc/{p.pid}/status") as f:
+                hwm = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+            with open(f"/proc/{p.pid}/clear_refs", "w") as f:
+                f.write("5")
+        except (OSError, StopIteration):
+            continue
+        g = _group(p)
+        out[g] = out.get(g, 0) + hwm
+    return out
+
+
 def worker_pids() -> list[int]:
     """Client worker processes of this session's Ray (never another Ray on the same host)."""
     pids = []
@@ -111,10 +132,19 @@ def main() -> None:
     next_sample = t0
     kills: list[dict] = []
     samples: list[tuple[float, dict[str, dict[str, int]]]] = []
+    # Exact peaks: the windows are the four quarters of the time after warm-up.
+    window = (args.minutes * 60 - args.warmup) / 4
+    bounds = [t0 + args.warmup + i * window for i in range(4)]
+    peaks: list[dict[str, int]] = []
 
     def tick(rows: list[dict]) -> bool:
         nonlocal next_kill, next_sample
         now = time.monotonic()
+        if bounds and now >= bounds[0]:
+            bounds.pop(0)
+            last = peak_rss_and_reset()
+            if len(bounds) < 3:  # the first reset only starts the first window
+                peaks.append(last)
         if now >= next_sample:
             samples.append((now - t0, session_memory()))
             next_sample = now + 5.0
@@ -126,7 +156,10 @@ def main() -> None:
                 kills.append({"at_s": now - t0, "iteration": rows[-1]["iteration"], "pid": victim})
                 print(f"soak: killed worker pid {victim} at iteration {rows[-1]['iteration']}")
             next_kill = now + args.kill_every
-        return now - t0 >= args.minutes * 60
+        if now - t0 >= args.minutes * 60:
+            peaks.append(peak_rss_and_reset())
+            return True
+        return False
 
     out_dir = Path(tempfile.mkdtemp(prefix="rayfl-soak-"))
     result = rayfl.run(
@@ -154,6 +187,7 @@ def main() -> None:
         "duplicate_updates": int(updates.duplicated(["iteration", "client_id"]).sum()),
         "final_accuracy": s.get("final_accuracy"),
         **_memory_report(samples, args.warmup),
+        **_peak_report(peaks),
         "kills": kills,
     }
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
@@ -204,6 +238,24 @@ def _memory_report(
             for i, (t, s) in enumerate(samples)
             if i % 6 == 0
         ],
+    }
+
+
+def _peak_report(peaks: list[dict[str, int]]) -> dict[str, object]:
+    """Peak RSS (exact) by window after warm-up: the last quarter against the first, in total
+    and by kind of process. RSS counts shared object-store pages in every process that maps
+    them, so compare windows with each other, not with the PSS above."""
+    if len(peaks) < 2:
+        return {}
+    first, last = peaks[0], peaks[-1]
+    total = [sum(p.values()) for p in peaks]
+    return {
+        "peak_rss_by_window_mb": [{k: round(v / 1e6) for k, v in p.items()} for p in peaks],
+        "peak_rss_total_by_window_gb": [round(t / 1e9, 3) for t in total],
+        "peak_rss_growth_pct": round(100 * (total[-1] / total[0] - 1), 1),
+        "peak_rss_growth_by_process_mb": {
+            k: round((last.get(k, 0) - first.get(k, 0)) / 1e6) for k in sorted(first | last)
+        },
     }
 
 
