@@ -412,7 +412,8 @@ def run(
     except RayflError:
         status = "failed"
         raise
-    except ray.exceptions.RayActorError as e:
+    # OwnerDiedError: the server died while the driver read the versions of a checkpoint.
+    except (ray.exceptions.RayActorError, ray.exceptions.OwnerDiedError) as e:
         status = "failed"
         hint = f"; resume with: rayfl run --resume {where}" if checkpointed else ""
         raise RayflError(
