@@ -196,10 +196,10 @@ class KAsyncServer:
         """The server's full state after iteration t - 1: enough to continue bit-identically.
 
         Holds the global model, every version a live job still holds (as ObjectRefs, which
-        ``write_checkpoint`` resolves), the rule and control
-        states (momentum, adaptive K, judgement's EWMA), the counters, and the live jobs (the
-        virtual clock's heap). Every random draw in the engine is a pure function of
-        (seed, stream, client, version), so no generator state needs saving.
+        ``write_checkpoint`` resolves), the rule and control states (momentum, adaptive K,
+        judgement's EWMA), the counters, and the live jobs (the virtual clock's heap). Every
+        random draw in the engine is a pure function of (seed, stream, client, version), so no
+        generator state needs saving.
         """
         jobs = sorted(self.queue.current.values())
         held = sorted({j.version for j in jobs} | {self.t})
