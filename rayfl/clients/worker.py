@@ -104,7 +104,10 @@ class ClientWorker:
         return self.info()
 
     def _update(self, job: Job, weights: np.ndarray) -> Update:
-        assert self.computer is not None, "attach() first"
+        if self.computer is None:
+            # Ray restarted this worker and delivered a call queued while it was down before the
+            # server's attach(): the server re-runs the batch elsewhere and attaches it again.
+            raise NotAttachedError(f"client worker {self.index} holds no data: attach() first")
         vector, loss = self.computer.compute(job.client_id, job.version, weights)
         if job.client_id in self._faulty:
             vector = corrupt(vector, self._fault_kind)

@@ -25,7 +25,7 @@ from rayfl import seeding
 from rayfl.aggregation import build_rules, final_direction, start_step
 from rayfl.aggregation.control import Decision, Feedback, build_controls, decide
 from rayfl.clients.pool import WorkerPool
-from rayfl.clients.worker import SharedData, make_pool, pool_size
+from rayfl.clients.worker import NotAttachedError, SharedData, make_pool, pool_size
 from rayfl.config import ExperimentConfig
 from rayfl.errors import RayflError
 from rayfl.heap import HeapTrimmer
@@ -388,7 +388,11 @@ class KAsyncServer:
             try:
                 value = ray.get(entry[4])
                 return value if isinstance(value, list) else [value]
-            except (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError) as e:
+            except (
+                ray.exceptions.RayActorError,
+                ray.exceptions.ObjectLostError,
+                NotAttachedError,
+            ) as e:
                 self.pool.died(entry[2], e, entry[5])
                 self._send(entry[3], self._least_busy(), ref=ref)
         raise RayflError(
@@ -419,7 +423,7 @@ class KAsyncServer:
         missing = list({h[0] for h in handles if self._batches[h[0]][0] is None})
         try:
             values = ray.get([self._batches[r][4] for r in missing])
-        except (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError):
+        except (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError, NotAttachedError):
             values = [self._fetch(r) for r in missing]  # one by one, re-running the lost ones
         for ref, value in zip(missing, values, strict=True):
             self._batches[ref][0] = value if isinstance(value, list) else [value]
