@@ -37,9 +37,14 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     atomic_write(path, lambda f: f.write(data))
 
 
+def _tmp(path: Path) -> Path:
+    """The temporary file next to ``path`` that an atomic write fills before the rename."""
+    return path.with_name(f".{path.name}.tmp")
+
+
 def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
     """``write(f)`` fills a temporary file next to ``path``, which then replaces ``path``."""
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = _tmp(path)
     with open(tmp, "wb") as f:
         write(f)
     os.replace(tmp, path)
@@ -60,7 +65,7 @@ def write_table(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
 
 
 def _write(path: Path, table: pa.Table) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = _tmp(path)
     pq.write_table(table, tmp, row_group_size=ROW_GROUP_ROWS)
     os.replace(tmp, path)
 
@@ -80,7 +85,7 @@ def append_rows(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
         return
     old = pq.ParquetFile(path)
     schema = pa.unify_schemas([old.schema_arrow, table.schema], promote_options="permissive")
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = _tmp(path)
     with pq.ParquetWriter(tmp, schema) as writer:
         pending: list[pa.Table] = []
         for i in range(old.num_row_groups):
