@@ -67,15 +67,20 @@ def _rollup(pid: int) -> dict[str, int]:
     return out
 
 
+def _session() -> list[psutil.Process]:
+    """This process and its descendants: the Ray session it started."""
+    me = psutil.Process()
+    return [me, *me.children(recursive=True)]
+
+
 def session_memory() -> dict[str, dict[str, int]]:
     """Memory of the whole Ray session (this process and its descendants) by kind of process:
     {"pss" | "anon" | "store": {kind: bytes}}. PSS adds up to the session's memory; a process's
     anonymous pages are its heap, which is where a leak shows; the object-store pages move between
     processes as they map them (a worker restart hands its share to the others), so they are
     best read as a session total."""
-    me = psutil.Process()
     out: dict[str, dict[str, int]] = {"pss": {}, "anon": {}, "store": {}}
-    for p in [me, *me.children(recursive=True)]:
+    for p in _session():
         try:
             parts = _rollup(p.pid)
         except OSError:
@@ -91,9 +96,8 @@ def peak_rss_and_reset() -> dict[str, int]:
     mark, VmHWM: exact, not sampled), summed by kind of process; then starts a new window
     (``clear_refs``). A process that died in the window is not counted; a restarted one counts
     from its start."""
-    me = psutil.Process()
     out: dict[str, int] = {}
-    for p in [me, *me.children(recursive=True)]:
+    for p in _session():
         try:
             with open(f"/proc/{p.pid}/status") as f:
                 hwm = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
