@@ -19,8 +19,8 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
-from rayfl.aggregation.rules import _int, _real
 from rayfl.errors import ConfigError
+from rayfl.validation import check_int, check_real
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,24 +65,20 @@ def adaptive_k(eps_k: float = 0.3, rho: float = 0.0005, k_min: int = 2) -> Contr
     k_{t+1} = k_t if L_t > eps_k, else max(k_min, k_t * exp(-rho)); K_{t+1} = round(k_{t+1}).
     Records ``agg/k_real``.
     """
-    eps_k = _real(
-        "adaptive_k",
-        "eps_k",
+    eps_k = check_real(
+        "aggregation.control.adaptive_k.eps_k",
         eps_k,
         low=0.0,
         fix="use a loss threshold >= 0, e.g. 0.3",
-        section="control",
     )
-    rho = _real(
-        "adaptive_k",
-        "rho",
+    rho = check_real(
+        "aggregation.control.adaptive_k.rho",
         rho,
         low=0.0,
         fix="use a decay rate >= 0, e.g. 0.0005",
-        section="control",
     )
-    k_min = _int(
-        "adaptive_k", "k_min", k_min, low=1, fix="use K_min >= 1, e.g. 2", section="control"
+    k_min = check_int(
+        "aggregation.control.adaptive_k.k_min", k_min, low=1, fix="use K_min >= 1, e.g. 2"
     )
 
     def init(k0: int) -> AdaptiveKState:
@@ -106,13 +102,11 @@ def remodel(eps_r: int = 20) -> Control:
 
     Records ``agg/remodels`` (clients resent this iteration).
     """
-    eps_r = _int(
-        "remodel",
-        "eps_r",
+    eps_r = check_int(
+        "aggregation.control.remodel.eps_r",
         eps_r,
         low=0,
         fix="use a staleness bound >= 0, e.g. 20",
-        section="control",
     )
 
     def init(k0: int) -> tuple[()]:
@@ -158,38 +152,43 @@ def judgement(
     Records ``judge/accuracy``, ``judge/ewma``, ``judge/dev_accuracy``, ``judge/tolerance``,
     ``judge/active``, ``judge/maintained`` and ``agg/kept_previous``.
     """
-    f = "control"
-    eps_m = _real(
-        "judgement", "eps_m", eps_m, low=0.0, fix="use a threshold >= 0, e.g. 0.002", section=f
+    eps_m = check_real(
+        "aggregation.control.judgement.eps_m",
+        eps_m,
+        low=0.0,
+        fix="use a threshold >= 0, e.g. 0.002",
     )
-    t_min_fraction = _real(
-        "judgement",
-        "t_min_fraction",
+    t_min_fraction = check_real(
+        "aggregation.control.judgement.t_min_fraction",
         t_min_fraction,
         low=0.0,
         high=1.0,
         fix="use a fraction of T in [0, 1], e.g. 0.2",
-        section=f,
     )
-    theta_0 = _real(
-        "judgement", "theta_0", theta_0, low=0.0, fix="use a tolerance >= 0, e.g. 0.01", section=f
+    theta_0 = check_real(
+        "aggregation.control.judgement.theta_0",
+        theta_0,
+        low=0.0,
+        fix="use a tolerance >= 0, e.g. 0.01",
     )
-    kappa = _real("judgement", "kappa", kappa, low=0.0, fix="use a decay >= 0, e.g. 3", section=f)
+    kappa = check_real(
+        "aggregation.control.judgement.kappa", kappa, low=0.0, fix="use a decay >= 0, e.g. 3"
+    )
     for name, value in (("delta1", delta1), ("delta2", delta2)):
-        _real(
-            "judgement",
-            name,
+        check_real(
+            f"aggregation.control.judgement.{name}",
             value,
             low=0.0,
             high=1.0,
             fix="use a factor in [0, 1), e.g. 0.9",
-            section=f,
         )
         if value >= 1.0:
             raise ConfigError(
                 f"aggregation.control.judgement.{name}={value} must be < 1: use e.g. 0.9"
             )
-    eval_every = _int("judgement", "eval_every", eval_every, low=1, fix="use e.g. 50", section=f)
+    eval_every = check_int(
+        "aggregation.control.judgement.eval_every", eval_every, low=1, fix="use e.g. 50"
+    )
 
     def init(k0: int) -> JudgementState:
         return JudgementState(None, 0.0, None, None, 0)

@@ -33,14 +33,14 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
-import numbers
 from collections.abc import Callable, Mapping
-from typing import Any, NamedTuple, NoReturn
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from rayfl.aggregation.base import Rule, Step, chain
 from rayfl.errors import ConfigError
+from rayfl.validation import check_int, check_real, fail, is_int, is_real
 
 LR_FORMS = ("inverse", "power")
 
@@ -90,52 +90,6 @@ def _estimate_of(step: Step) -> np.ndarray:
     return _weighted_sum(step.weights, step.updates)
 
 
-def _is_real(value: Any) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
-
-
-def _fail(
-    rule: str, param: str, value: Any, problem: str, fix: str, section: str = "rules"
-) -> NoReturn:
-    raise ConfigError(f"aggregation.{section}.{rule}.{param}={value!r} {problem}: {fix}")
-
-
-def _real(
-    rule: str,
-    param: str,
-    value: Any,
-    *,
-    fix: str,
-    low: float | None = None,
-    high: float | None = None,
-    low_open: bool = False,
-    section: str = "rules",
-) -> float:
-    """Checks a real parameter (an int is fine, a bool is not) lies in [low, high] (or (low, high])."""
-    if not _is_real(value):
-        _fail(rule, param, value, f"must be a number, got {type(value).__name__}", fix, section)
-    v = float(value)
-    if not math.isfinite(v):
-        _fail(rule, param, value, "must be finite", fix, section)
-    if low is not None and (v <= low if low_open else v < low):
-        _fail(rule, param, value, f"must be {'>' if low_open else '>='} {low:g}", fix, section)
-    if high is not None and v > high:
-        _fail(rule, param, value, f"must be <= {high:g}", fix, section)
-    return v
-
-
-def _int(rule: str, param: str, value: Any, *, fix: str, low: int, section: str = "rules") -> int:
-    if not _is_int(value):
-        _fail(rule, param, value, f"must be an integer, got {type(value).__name__}", fix, section)
-    if value < low:
-        _fail(rule, param, value, f"must be >= {low}", fix, section)
-    return int(value)
-
-
 def _stateless(update: Callable[[Step], Step]) -> Rule:
     """Wraps a pure ``Step -> Step`` function as a Rule with :class:`EmptyState`."""
 
@@ -171,8 +125,16 @@ def momentum_clip(alpha: float = 0.1, c1: float = 100.0) -> Rule:
         alpha: momentum coefficient, >= 0.
         c1: clip norm C1, > 0.
     """
-    alpha = _real("momentum_clip", "alpha", alpha, low=0.0, fix="use a momentum >= 0, e.g. 0.1")
-    c1 = _real("momentum_clip", "c1", c1, low=0.0, low_open=True, fix="use a norm > 0, e.g. 100")
+    alpha = check_real(
+        "aggregation.rules.momentum_clip.alpha", alpha, low=0.0, fix="use a momentum >= 0, e.g. 0.1"
+    )
+    c1 = check_real(
+        "aggregation.rules.momentum_clip.c1",
+        c1,
+        low=0.0,
+        low_open=True,
+        fix="use a norm > 0, e.g. 100",
+    )
 
     def update(step: Step) -> Step:
         g = np.asarray(step.updates, dtype=np.float32)  # (K, P)
@@ -197,7 +159,9 @@ def staleness_weights(lam: float = 1.0 - math.log(2.0)) -> Rule:
     Args:
         lam: decay per iteration of staleness, >= 0 (0 gives uniform weights).
     """
-    lam = _real("staleness_weights", "lam", lam, low=0.0, fix="use a decay >= 0, e.g. 0.307")
+    lam = check_real(
+        "aggregation.rules.staleness_weights.lam", lam, low=0.0, fix="use a decay >= 0, e.g. 0.307"
+    )
 
     def update(step: Step) -> Step:
         z = -lam * np.asarray(step.staleness, dtype=np.float64)  # (K,)
@@ -241,15 +205,19 @@ def similarity_select(c_min: float = 0.3, beta: float = 10.0) -> Rule:
         c_min: least cosine similarity to be selected, in [-1, 1].
         beta: sharpness of the similarity reweighting, >= 0.
     """
-    c_min = _real(
-        "similarity_select",
-        "c_min",
+    c_min = check_real(
+        "aggregation.rules.similarity_select.c_min",
         c_min,
         low=-1.0,
         high=1.0,
         fix="use a cosine in [-1, 1], e.g. 0.3",
     )
-    beta = _real("similarity_select", "beta", beta, low=0.0, fix="use a sharpness >= 0, e.g. 10")
+    beta = check_real(
+        "aggregation.rules.similarity_select.beta",
+        beta,
+        low=0.0,
+        fix="use a sharpness >= 0, e.g. 10",
+    )
 
     def update(step: Step) -> Step:
         g_est = _estimate_of(step)
@@ -287,8 +255,16 @@ def stage_two_clip(c2: float = 10.0, t2: int = 1000) -> Rule:
         c2: multiple of ||g_est|| an update may reach, > 0.
         t2: first iteration of stage two, >= 0.
     """
-    c2 = _real("stage_two_clip", "c2", c2, low=0.0, low_open=True, fix="use a factor > 0, e.g. 10")
-    t2 = _int("stage_two_clip", "t2", t2, low=0, fix="use an iteration >= 0, e.g. 1000")
+    c2 = check_real(
+        "aggregation.rules.stage_two_clip.c2",
+        c2,
+        low=0.0,
+        low_open=True,
+        fix="use a factor > 0, e.g. 10",
+    )
+    t2 = check_int(
+        "aggregation.rules.stage_two_clip.t2", t2, low=0, fix="use an iteration >= 0, e.g. 1000"
+    )
 
     def update(step: Step) -> Step:
         if step.iteration < t2:
@@ -328,10 +304,15 @@ def staleness_lr(gamma: float = 0.1, form: str = "inverse") -> Rule:
         gamma: decay exponent/rate, >= 0.
         form: ``"inverse"`` or ``"power"``.
     """
-    gamma = _real("staleness_lr", "gamma", gamma, low=0.0, fix="use a rate >= 0, e.g. 0.1")
+    gamma = check_real(
+        "aggregation.rules.staleness_lr.gamma", gamma, low=0.0, fix="use a rate >= 0, e.g. 0.1"
+    )
     if form not in LR_FORMS:
-        _fail(
-            "staleness_lr", "form", form, "is not a known form", f"use one of {', '.join(LR_FORMS)}"
+        fail(
+            "aggregation.rules.staleness_lr.form",
+            form,
+            "is not a known form",
+            f"use one of {', '.join(LR_FORMS)}",
         )
 
     def update(step: Step) -> Step:
@@ -376,12 +357,13 @@ RULES: dict[str, Callable[..., Rule]] = {
 def _check_type(rule: str, param: str, value: Any, annotation: Any) -> None:
     """Checks ``value`` against a factory's annotation: float takes int too; bool is no number."""
     default_fix = "fix the type in the preset or drop the key to use the default"
-    if annotation is float and not _is_real(value):
-        _fail(rule, param, value, f"must be a number, got {type(value).__name__}", default_fix)
-    if annotation is int and not _is_int(value):
-        _fail(rule, param, value, f"must be an integer, got {type(value).__name__}", default_fix)
+    field = f"aggregation.rules.{rule}.{param}"
+    if annotation is float and not is_real(value):
+        fail(field, value, f"must be a number, got {type(value).__name__}", default_fix)
+    if annotation is int and not is_int(value):
+        fail(field, value, f"must be an integer, got {type(value).__name__}", default_fix)
     if annotation is str and not isinstance(value, str):
-        _fail(rule, param, value, f"must be a string, got {type(value).__name__}", default_fix)
+        fail(field, value, f"must be a string, got {type(value).__name__}", default_fix)
 
 
 def build_rules(spec: Mapping[str, Mapping[str, Any] | None]) -> Rule:

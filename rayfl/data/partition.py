@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import numbers
 import operator
 from collections.abc import Callable, Sequence
 
@@ -30,6 +29,7 @@ import numpy as np
 
 from rayfl import seeding
 from rayfl.errors import DataError
+from rayfl.validation import check_int, fail, is_int, is_real
 
 _DIRICHLET_DRAWS = 10  # full re-draws of the Dirichlet split before repairing empty clients
 
@@ -126,12 +126,7 @@ def dirichlet(
     """
     labels = _as_labels(labels)
     num_clients = _check_num_clients(num_clients, labels.size, "dirichlet")
-    if (
-        isinstance(alpha, bool)
-        or not isinstance(alpha, numbers.Real)
-        or not alpha > 0
-        or not math.isfinite(alpha)
-    ):
+    if not is_real(alpha) or not alpha > 0 or not math.isfinite(alpha):
         raise DataError(
             f"data.alpha={alpha} must be a positive number: use e.g. 0.1 for strong label skew "
             "or 100 for nearly IID clients"
@@ -366,11 +361,11 @@ def _check_num_clients(num_clients: int, num_samples: int, kind: str) -> int:
 
 def _check_positive_int(value: int, field: str) -> int:
     """Returns ``value`` as an int if it is an integer >= 1, else a DataError naming ``field``."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise DataError(f"{field}={value!r} must be an integer: set {field} to a whole number >= 1")
-    if value < 1:
-        raise DataError(f"{field}={value} must be >= 1: set {field} to a whole number >= 1")
-    return int(value)
+    fix = f"set {field} to a whole number >= 1"
+    if not is_int(value):  # the data section's message names no type, unlike check_int's
+        fail(field, value, "must be an integer", fix, DataError)
+    # int(): a numpy value still prints as 0 in the message, not np.int64(0)
+    return check_int(field, int(value), low=1, fix=fix, error=DataError)
 
 
 def _offsets(sizes: np.ndarray) -> np.ndarray:

@@ -50,81 +50,17 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import numbers
-from typing import Any, NamedTuple, NoReturn
+from typing import Any, NamedTuple
 
 import numpy as np
 
-from rayfl.errors import ConfigError
+from rayfl.validation import check_int, check_real, check_real_array
 
 ACCEPT_TOL = 1e-9
 """Slack of the acceptance rule, in normalised utility units (a numerical tolerance, not a model
 constant): an offer is accepted when U >= target - ACCEPT_TOL."""
 
 _FIXUP_ITERATIONS = 64  # the closed-form first-acceptance index is off by at most a step or two
-
-
-# --- config checks ---------------------------------------------------------------------------------
-
-
-def _fail(field: str, value: Any, problem: str, fix: str) -> NoReturn:
-    raise ConfigError(f"{field}={value!r} {problem}: {fix}")
-
-
-def _config_real(
-    field: str,
-    value: Any,
-    *,
-    fix: str,
-    low: float | None = None,
-    high: float | None = None,
-    low_open: bool = False,
-    high_open: bool = False,
-) -> float:
-    """Checks a real config value lies in [low, high] (either end open on request)."""
-    if not isinstance(value, numbers.Real) or isinstance(value, (bool, np.bool_)):
-        _fail(field, value, f"must be a number, got {type(value).__name__}", fix)
-    v = float(value)
-    if not math.isfinite(v):
-        _fail(field, value, "must be finite", fix)
-    if low is not None and (v <= low if low_open else v < low):
-        _fail(field, value, f"must be {'>' if low_open else '>='} {low:g}", fix)
-    if high is not None and (v >= high if high_open else v > high):
-        _fail(field, value, f"must be {'<' if high_open else '<='} {high:g}", fix)
-    return v
-
-
-def _config_int(field: str, value: Any, *, fix: str, low: int) -> int:
-    if not isinstance(value, numbers.Integral) or isinstance(value, (bool, np.bool_)):
-        _fail(field, value, f"must be an integer, got {type(value).__name__}", fix)
-    if value < low:
-        _fail(field, value, f"must be >= {low}", fix)
-    return int(value)
-
-
-def _config_array(
-    field: str,
-    value: Any,
-    *,
-    fix: str,
-    low: float,
-    high: float | None = None,
-    low_open: bool = False,
-    high_open: bool = False,
-) -> np.ndarray:
-    """Checks every entry of a per-client parameter array; names the first bad one."""
-    a = np.asarray(value, dtype=np.float64)
-    bad = ~np.isfinite(a)
-    bad |= (a <= low) if low_open else (a < low)
-    if high is not None:
-        bad |= (a >= high) if high_open else (a > high)
-    if bad.any():
-        idx = tuple(int(j) for j in np.argwhere(bad)[0])
-        lo = "(" if low_open else "["
-        hi = ")" if high_open else "]"
-        rng = f"{lo}{low:g}, {'inf' if high is None else f'{high:g}'}{hi}"
-        _fail(field, float(a[idx]), f"(client index {idx}) must lie in {rng}", fix)
-    return a
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,7 +76,7 @@ class BargainParams:
 
     def __post_init__(self) -> None:
         check_server_params(self.beta_s, self.delta_s)
-        _config_int(
+        check_int(
             "incentive.max_steps",
             self.max_steps,
             low=0,
@@ -150,14 +86,14 @@ class BargainParams:
 
 def check_server_params(beta_s: Any, delta_s: Any) -> tuple[float, float]:
     """Validates (beta_S, delta_S); raises ConfigError naming ``incentive.beta_s``/``delta_s``."""
-    b = _config_real(
+    b = check_real(
         "incentive.beta_s",
         beta_s,
         low=0.0,
         low_open=True,
         fix="use a concession rate > 0, e.g. 0.002",
     )
-    d = _config_real(
+    d = check_real(
         "incentive.delta_s",
         delta_s,
         low=0.0,
@@ -328,15 +264,15 @@ def bargain_steps(
             non-finite cap or bid.
         ConfigError: a step or discount factor out of range.
     """
-    step_s = _config_real(
+    step_s = check_real(
         "incentive.beta_s", step_s, low=0.0, low_open=True, fix="use a concession step > 0"
     )
     delta_s = check_server_params(step_s, delta_s)[1]
-    max_steps = _config_int("incentive.max_steps", max_steps, low=0, fix="use e.g. 10000")
-    step_i = _config_array(
+    max_steps = check_int("incentive.max_steps", max_steps, low=0, fix="use e.g. 10000")
+    step_i = check_real_array(
         "incentive.beta_i", step_i, low=0.0, fix="use client concession steps >= 0"
     )
-    delta_i = _config_array(
+    delta_i = check_real_array(
         "incentive.delta_i",
         delta_i,
         low=0.0,
@@ -431,14 +367,14 @@ def bargain(
     ([0.5, 2.0], [4, 0])
     """
     beta_s, delta_s = check_server_params(beta_s, delta_s)
-    beta_i = _config_array(
+    beta_i = check_real_array(
         "incentive.beta_i",
         beta_i,
         low=0.0,
         low_open=True,
         fix="use client concession rates > 0 (incentive.beta_i_low/high)",
     )
-    delta_i = _config_array(
+    delta_i = check_real_array(
         "incentive.delta_i",
         delta_i,
         low=0.0,

@@ -37,8 +37,6 @@ from rayfl import seeding
 from rayfl.errors import ConfigError
 from rayfl.selection.bargaining import (
     BargainParams,
-    _config_int,
-    _config_real,
     ape_from_log,
     bargain,
     bargain_steps,
@@ -49,6 +47,7 @@ from rayfl.selection.population import (
     draw_bargaining_traits,
     population_params,
 )
+from rayfl.validation import check_int, check_real
 
 PAPER_APE: dict[int, float] = {2: 0.0003, 5: 0.0040, 8: 0.0148, 11: 0.0369}
 """The paper's Table 3 APE (%) per |C|."""
@@ -90,10 +89,10 @@ def run_experiment_b(
     params = population_params(population)
     name = population if isinstance(population, str) else "custom"
     beta_s, delta_s = check_server_params(beta_s, delta_s)
-    repetitions = _config_int(
+    repetitions = check_int(
         "experiment_b.repetitions", repetitions, low=1, fix="use e.g. 500 repetitions"
     )
-    budget = _config_real(
+    budget = check_real(
         "incentive.budget", budget, low=0.0, low_open=True, fix="use a budget > 0, e.g. 10.0"
     )
     if strategy not in STRATEGIES:
@@ -102,7 +101,7 @@ def run_experiment_b(
         )
     rows = []
     for c in sizes:
-        c = _config_int("experiment_b.sizes", c, low=1, fix="use client counts >= 1")
+        c = check_int("experiment_b.sizes", c, low=1, fix="use client counts >= 1")
         rng = seeding.rng(seed, seeding.EXPERIMENT_B, c)
         delta_i, beta_i = draw_bargaining_traits(rng, (repetitions, c), params)
         cap = np.full((repetitions, c), budget / c)

@@ -31,12 +31,11 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 
 from rayfl.selection.bargaining import (
-    _config_int,
-    _config_real,
     client_accepts,
     client_concession,
     client_offer_price,
 )
+from rayfl.validation import check_int, check_real
 
 # --- what crosses the boundary ---------------------------------------------------------------------
 
@@ -130,9 +129,9 @@ class BidParams:
     """Communication cost per round."""
 
     def __post_init__(self) -> None:
-        _config_int("incentive.epochs", self.epochs, low=1, fix="use at least 1 local epoch")
-        _config_real("incentive.c_comp", self.c_comp, low=0.0, fix="use a cost >= 0, e.g. 0.001")
-        _config_real("incentive.c_comm", self.c_comm, low=0.0, fix="use a cost >= 0, e.g. 0.1")
+        check_int("incentive.epochs", self.epochs, low=1, fix="use at least 1 local epoch")
+        check_real("incentive.c_comp", self.c_comp, low=0.0, fix="use a cost >= 0, e.g. 0.001")
+        check_real("incentive.c_comm", self.c_comm, low=0.0, fix="use a cost >= 0, e.g. 0.1")
 
 
 def bid_terms(

@@ -23,8 +23,8 @@ import numpy as np
 
 from rayfl import seeding
 from rayfl.errors import ConfigError
-from rayfl.selection.bargaining import _config_real
 from rayfl.selection.messages import ClientPrivate
+from rayfl.validation import check_real
 
 _MAX_REDRAWS = 1000  # gamma_mean, mu_mean > 0 make a redraw succeed with probability > 1/2
 
@@ -52,21 +52,21 @@ class PopulationParams:
 
     def __post_init__(self) -> None:
         for name in ("gamma", "mu"):
-            _config_real(
+            check_real(
                 f"incentive.{name}_mean",
                 getattr(self, f"{name}_mean"),
                 low=0.0,
                 low_open=True,
                 fix="use a mean > 0, e.g. 1.0",
             )
-            _config_real(
+            check_real(
                 f"incentive.{name}_std",
                 getattr(self, f"{name}_std"),
                 low=0.0,
                 fix="use a standard deviation >= 0, e.g. 0.3",
             )
         for end in ("low", "high"):
-            _config_real(
+            check_real(
                 f"incentive.delta_i_{end}",
                 getattr(self, f"delta_i_{end}"),
                 low=0.0,
@@ -75,7 +75,7 @@ class PopulationParams:
                 high_open=True,
                 fix="use a discount factor in (0, 1), e.g. 0.94 and 0.96",
             )
-            _config_real(
+            check_real(
                 f"incentive.beta_i_{end}",
                 getattr(self, f"beta_i_{end}"),
                 low=0.0,

@@ -34,8 +34,6 @@ import numpy as np
 
 from rayfl.selection.bargaining import (
     BargainParams,
-    _config_int,
-    _config_real,
     ape_from_log,
     params_from,
     server_accepts,
@@ -50,6 +48,7 @@ from rayfl.selection.messages import (
     Reply,
     Response,
 )
+from rayfl.validation import check_int, check_real
 
 _FLOOR_SLACK = 1e-9  # floor(K * n) with K * n = 28.999999999999996 for K = 0.29, n = 100 is 29
 
@@ -66,7 +65,7 @@ def num_selected(k_fraction: float, n: int) -> int:
     >>> num_selected(0.1, 100), num_selected(0.1, 5), num_selected(0.29, 100)
     (10, 1, 29)
     """
-    k = _config_real(
+    k = check_real(
         "selection.k_fraction",
         k_fraction,
         low=0.0,
@@ -151,11 +150,11 @@ def select_pow_d(
         ConfigError: d < 1 or d < m (``selection.d``).
         TypeError: ``losses_fn`` returned something other than LossReports.
     """
-    d = _config_int("selection.d", d, low=1, fix="use at least M candidates, e.g. 16")
+    d = check_int("selection.d", d, low=1, fix="use at least M candidates, e.g. 16")
     if int(m) < 1:
         raise ValueError(f"m={m} must be >= 1")
     if d < int(m):
-        _config_int(
+        check_int(
             "selection.d", d, low=int(m), fix=f"pow-d picks M={m} among d candidates: use d >= M"
         )
     sizes = np.asarray(sizes, dtype=np.float64).reshape(-1)
@@ -430,7 +429,7 @@ def select_incentive(
         ConfigError: per_round_budget <= 0 (``incentive.budget``) or K outside (0, 1].
         TypeError: a callback returned anything but Bid / Offer / Response messages.
     """
-    r_s = _config_real(
+    r_s = check_real(
         "incentive.budget",
         per_round_budget,
         low=0.0,
