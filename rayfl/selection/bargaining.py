@@ -264,6 +264,38 @@ def bargain_steps(
             non-finite cap or bid.
         ConfigError: a step or discount factor out of range.
     """
+    cap, bid, step_s, step_i, delta_s, delta_i, max_steps = _checked_bargain(
+        cap, bid, step_s, step_i, delta_s, delta_i, max_steps
+    )
+    surplus = cap - bid
+    positive = surplus > 0
+    steps, price = _first_acceptance(cap, bid, step_s, step_i)
+
+    # --- zero surplus: the server's first offer (x = bid = cap) is accepted at once ---
+    steps = np.where(positive, steps, 0)
+    price = np.where(positive, price, bid)
+
+    # --- breakdown and realised (discounted) normalised utilities ---
+    agreed = steps <= max_steps
+    steps = np.where(agreed, steps, max_steps + 1).astype(np.int64)
+    price = np.where(agreed, price, np.nan)
+    x = np.where(agreed, price, bid)  # any finite placeholder; masked below
+    u_server = np.where(agreed, np.power(delta_s, steps) * _normalised(cap - x, surplus), 0.0)
+    u_client = np.where(agreed, np.power(delta_i, steps) * _normalised(x - bid, surplus), 0.0)
+    return BargainResult(price, steps, agreed, u_server, u_client, surplus)
+
+
+def _checked_bargain(
+    cap: Any,
+    bid: Any,
+    step_s: Any,
+    step_i: Any,
+    delta_s: Any,
+    delta_i: Any,
+    max_steps: Any,
+) -> tuple[np.ndarray, np.ndarray, float, np.ndarray, float, np.ndarray, int]:
+    """The arguments of :func:`bargain_steps`, checked; cap, bid, step_i and delta_i broadcast
+    to one shape (float64)."""
     step_s = check_real(
         "incentive.beta_s", step_s, low=0.0, low_open=True, fix="use a concession step > 0"
     )
@@ -291,10 +323,16 @@ def bargain_steps(
             f"bargain: cap={cap[j]!r} < bid={bid[j]!r} at index {j}: not a candidate "
             "(section 4 selects only clients with bid <= cap)"
         )
-    surplus = cap - bid
-    positive = surplus > 0
+    return cap, bid, step_s, step_i, delta_s, delta_i, max_steps
 
-    # --- closed-form first acceptances, then checked with the protocol's own rules ---
+
+def _first_acceptance(
+    cap: np.ndarray, bid: np.ndarray, step_s: float, step_i: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(A, x): the step and price of the first accepted offer, ignoring max_steps.
+
+    Closed-form first acceptances, then checked with the protocol's own rules.
+    """
     total = step_s + step_i  # > 0
     guess_server = np.ceil(1.0 / total)  # server's k-th offer accepted by the client
     guess_client = np.ceil(np.maximum(0.0, 1.0 - step_s) / total)  # client's k-th, by the server
@@ -313,19 +351,7 @@ def bargain_steps(
         server_offer_price(k_server, cap, bid, step_s),
         client_offer_price(k_client, cap, bid, step_i),
     )
-
-    # --- zero surplus: the server's first offer (x = bid = cap) is accepted at once ---
-    steps = np.where(positive, steps, 0)
-    price = np.where(positive, price, bid)
-
-    # --- breakdown and realised (discounted) normalised utilities ---
-    agreed = steps <= max_steps
-    steps = np.where(agreed, steps, max_steps + 1).astype(np.int64)
-    price = np.where(agreed, price, np.nan)
-    x = np.where(agreed, price, bid)  # any finite placeholder; masked below
-    u_server = np.where(agreed, np.power(delta_s, steps) * _normalised(cap - x, surplus), 0.0)
-    u_client = np.where(agreed, np.power(delta_i, steps) * _normalised(x - bid, surplus), 0.0)
-    return BargainResult(price, steps, agreed, u_server, u_client, surplus)
+    return steps, price
 
 
 def bargain(

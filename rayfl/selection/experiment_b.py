@@ -37,6 +37,7 @@ from rayfl import seeding
 from rayfl.errors import ConfigError
 from rayfl.selection.bargaining import (
     BargainParams,
+    BargainResult,
     ape_from_log,
     bargain,
     bargain_steps,
@@ -89,16 +90,7 @@ def run_experiment_b(
     params = population_params(population)
     name = population if isinstance(population, str) else "custom"
     beta_s, delta_s = check_server_params(beta_s, delta_s)
-    repetitions = check_int(
-        "experiment_b.repetitions", repetitions, low=1, fix="use e.g. 500 repetitions"
-    )
-    budget = check_real(
-        "incentive.budget", budget, low=0.0, low_open=True, fix="use a budget > 0, e.g. 10.0"
-    )
-    if strategy not in STRATEGIES:
-        raise ConfigError(
-            f"experiment_b.strategy={strategy!r} is not known: use one of {', '.join(STRATEGIES)}"
-        )
+    repetitions, budget = _checked_options(repetitions, budget, strategy)
     rows = []
     for c in sizes:
         c = check_int("experiment_b.sizes", c, low=1, fix="use client counts >= 1")
@@ -110,29 +102,51 @@ def run_experiment_b(
             res = bargain(cap, bid, delta_s, beta_s, delta_i, beta_i, max_steps=max_steps)
         else:
             res = bargain_steps(cap, bid, beta_s, beta_s, delta_s, delta_i, max_steps=max_steps)
-        ok = res.agreed.all(axis=1)  # a breakdown leaves the repetition without an allocation
-        surplus = cap - bid
-        with np.errstate(divide="ignore", invalid="ignore"):
-            log_np = np.sum(np.log(res.price - bid) + np.log(cap - res.price), axis=1)
-        log_nbs = np.sum(2.0 * np.log(0.5 * surplus), axis=1)
-        errs = np.asarray(ape_from_log(log_np[ok], log_nbs[ok]))
         rows.append(
             {
                 "clients": c,
                 "repetitions": repetitions,
                 "population": name,
                 "strategy": strategy,
-                "np_bargain_mean": float(np.mean(np.exp(log_np[ok]))) if ok.any() else math.nan,
-                "np_nbs_mean": float(np.mean(np.exp(log_nbs[ok]))) if ok.any() else math.nan,
-                "ape_mean": float(errs.mean()) if errs.size else math.nan,
-                "ape_std": float(errs.std(ddof=1)) if errs.size > 1 else 0.0,
-                "ape_max": float(errs.max()) if errs.size else math.nan,
-                "steps_mean": float(res.steps.mean()),
-                "agreed_fraction": float(ok.mean()),
+                **_nash_product_stats(cap, bid, res),
                 "paper_ape": PAPER_APE.get(c, math.nan),
             }
         )
     return rows
+
+
+def _checked_options(repetitions: Any, budget: Any, strategy: Any) -> tuple[int, float]:
+    """(repetitions, budget) of :func:`run_experiment_b`, checked, once the strategy is known."""
+    repetitions = check_int(
+        "experiment_b.repetitions", repetitions, low=1, fix="use e.g. 500 repetitions"
+    )
+    budget = check_real(
+        "incentive.budget", budget, low=0.0, low_open=True, fix="use a budget > 0, e.g. 10.0"
+    )
+    if strategy not in STRATEGIES:
+        raise ConfigError(
+            f"experiment_b.strategy={strategy!r} is not known: use one of {', '.join(STRATEGIES)}"
+        )
+    return repetitions, budget
+
+
+def _nash_product_stats(cap: np.ndarray, bid: np.ndarray, res: BargainResult) -> dict[str, float]:
+    """The Nash products and APE over the repetitions (rows) that agreed with every client."""
+    ok = res.agreed.all(axis=1)  # a breakdown leaves the repetition without an allocation
+    surplus = cap - bid
+    with np.errstate(divide="ignore", invalid="ignore"):
+        log_np = np.sum(np.log(res.price - bid) + np.log(cap - res.price), axis=1)
+    log_nbs = np.sum(2.0 * np.log(0.5 * surplus), axis=1)
+    errs = np.asarray(ape_from_log(log_np[ok], log_nbs[ok]))
+    return {
+        "np_bargain_mean": float(np.mean(np.exp(log_np[ok]))) if ok.any() else math.nan,
+        "np_nbs_mean": float(np.mean(np.exp(log_nbs[ok]))) if ok.any() else math.nan,
+        "ape_mean": float(errs.mean()) if errs.size else math.nan,
+        "ape_std": float(errs.std(ddof=1)) if errs.size > 1 else 0.0,
+        "ape_max": float(errs.max()) if errs.size else math.nan,
+        "steps_mean": float(res.steps.mean()),
+        "agreed_fraction": float(ok.mean()),
+    }
 
 
 def _pct(v: float) -> str:

@@ -28,7 +28,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -170,7 +170,13 @@ def select_pow_d(
     p = sizes[ids] / sizes[ids].sum()
     candidates = rng.choice(ids, size=d_eff, replace=False, p=p)
 
-    reports = losses_fn([int(i) for i in candidates])
+    losses = _reported_losses(losses_fn([int(i) for i in candidates]), candidates)
+    order = _random_order(-losses, rng)
+    return PowDRound(candidates[order[: min(int(m), d_eff)]], candidates, losses)
+
+
+def _reported_losses(reports: Sequence[Any], candidates: np.ndarray) -> np.ndarray:
+    """(d,) float64 losses aligned with ``candidates``: one finite LossReport from each."""
     by_id: dict[int, float] = {}
     for r in reports:
         if not isinstance(r, LossReport):
@@ -180,11 +186,9 @@ def select_pow_d(
         if not math.isfinite(r.loss):
             raise ValueError(f"client {r.client_id} reported loss={r.loss!r}")
         by_id[int(r.client_id)] = float(r.loss)
-    if len(by_id) != d_eff:
-        raise ValueError(f"pow-d: {d_eff} candidates but {len(by_id)} loss reports")
-    losses = np.array([by_id[int(i)] for i in candidates])
-    order = _random_order(-losses, rng)
-    return PowDRound(candidates[order[: min(int(m), d_eff)]], candidates, losses)
+    if len(by_id) != candidates.size:
+        raise ValueError(f"pow-d: {candidates.size} candidates but {len(by_id)} loss reports")
+    return np.array([by_id[int(i)] for i in candidates])
 
 
 # --- the incentive round ---------------------------------------------------------------------------
@@ -306,6 +310,14 @@ def _window_end(k: int, last_k: int, max_window: int | None) -> int:
     return min(k + size, last_k + 1)
 
 
+class _Bargains(NamedTuple):
+    """The outcome of the server's bargainings, (n,) each, filled in as the answers arrive."""
+
+    price: np.ndarray  # agreed x_i; NaN until agreed (and after a breakdown)
+    steps: np.ndarray  # int64 A_i; max_steps + 1 until decided
+    agreed: np.ndarray  # bool
+
+
 def _bargain_with(
     ids: np.ndarray,
     bids: np.ndarray,
@@ -313,7 +325,7 @@ def _bargain_with(
     params: BargainParams,
     replies_fn: RepliesFn,
     max_window: int | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+) -> _Bargains:
     """The server's side of section 5 with each of ``ids``, run as a message exchange.
 
     Each inner loop turn is one step pair: the server's k-th offer (step 2k); the client accepts,
@@ -330,55 +342,87 @@ def _bargain_with(
         bargaining broke down for lack of agreement by ``params.max_steps``.
     """
     n = ids.size
-    price = np.full(n, np.nan)
-    steps = np.full(n, params.max_steps + 1, dtype=np.int64)
-    agreed = np.zeros(n, dtype=bool)
+    out = _Bargains(
+        np.full(n, np.nan), np.full(n, params.max_steps + 1, dtype=np.int64), np.zeros(n, bool)
+    )
     active = np.arange(n)
     last_k = params.max_steps // 2  # the server's last offer is at step 2 * last_k
     k = 0
     while active.size and k <= last_k:
         # --- the server's offers k, ..., end - 1 (steps 2k, 2k + 2, ...), sent together ---
         window = range(k, _window_end(k, last_k, max_window))
-        offered = np.stack(
-            [server_offer_price(kk, cap, bids[active], params.beta_s) for kk in window], axis=1
-        )  # (len(active), len(window))
+        offered, offers = _window_offers(window, ids, bids, active, cap, params.beta_s)
         row = {int(j): r for r, j in enumerate(active)}
-        offers = [
-            Offer(int(ids[j]), 2 * kk, float(x))
-            for j, xs in zip(active, offered, strict=True)
-            for kk, x in zip(window, xs, strict=True)
-        ]
         got = _received_replies(replies_fn(offers, cap), offers)
 
         # --- replay them one step pair at a time: accept, break off, or counter ---
         for kk in window:
-            countered: list[int] = []
-            asks: list[float] = []
-            for j in active:
-                reply = got.get((int(ids[j]), 2 * kk))
-                if reply is None:
-                    raise ValueError(f"client {ids[j]} did not reply to the offer at step {2 * kk}")
-                if isinstance(reply, Response):
-                    steps[j] = 2 * kk
-                    agreed[j] = reply.accept
-                    price[j] = float(offered[row[int(j)], kk - k]) if reply.accept else np.nan
-                else:
-                    countered.append(int(j))
-                    asks.append(reply.price)
+            countered, asks = _answers_to(kk, got, ids, active, offered[:, kk - k], row, out)
             if not countered or 2 * kk + 1 > params.max_steps:
-                return price, steps, agreed
+                return out
             # --- the server answers the counter-offers (step 2kk + 1) ---
             cj = np.array(countered)
             ask = np.array(asks)
             ok = server_accepts(ask, kk, cap, bids[cj], params.beta_s)
-            agreed[cj[ok]] = True
-            price[cj[ok]] = ask[ok]
-            steps[cj[ok]] = 2 * kk + 1
+            out.agreed[cj[ok]] = True
+            out.price[cj[ok]] = ask[ok]
+            out.steps[cj[ok]] = 2 * kk + 1
             active = cj[~ok]
             if not active.size:
                 break
         k = window.stop
-    return price, steps, agreed
+    return out
+
+
+def _window_offers(
+    window: range,
+    ids: np.ndarray,
+    bids: np.ndarray,
+    active: np.ndarray,
+    cap: float,
+    beta_s: float,
+) -> tuple[np.ndarray, list[Offer]]:
+    """The server's offers of ``window`` to each active client: prices (len(active),
+    len(window)) and the Offer messages, client by client."""
+    offered = np.stack(
+        [server_offer_price(kk, cap, bids[active], beta_s) for kk in window], axis=1
+    )  # (len(active), len(window))
+    offers = [
+        Offer(int(ids[j]), 2 * kk, float(x))
+        for j, xs in zip(active, offered, strict=True)
+        for kk, x in zip(window, xs, strict=True)
+    ]
+    return offered, offers
+
+
+def _answers_to(
+    kk: int,
+    got: dict[tuple[int, int], Reply],
+    ids: np.ndarray,
+    active: np.ndarray,
+    offered_kk: np.ndarray,
+    row: dict[int, int],
+    out: _Bargains,
+) -> tuple[list[int], list[float]]:
+    """The active clients' answers to the server's offer kk (prices ``offered_kk``, by ``row``).
+
+    A Response ends a client's bargaining and is written into ``out``; returns the clients that
+    countered instead, with their asks.
+    """
+    countered: list[int] = []
+    asks: list[float] = []
+    for j in active:
+        reply = got.get((int(ids[j]), 2 * kk))
+        if reply is None:
+            raise ValueError(f"client {ids[j]} did not reply to the offer at step {2 * kk}")
+        if isinstance(reply, Response):
+            out.steps[j] = 2 * kk
+            out.agreed[j] = reply.accept
+            out.price[j] = float(offered_kk[row[int(j)]]) if reply.accept else np.nan
+        else:
+            countered.append(int(j))
+            asks.append(reply.price)
+    return countered, asks
 
 
 def select_incentive(
@@ -416,11 +460,10 @@ def select_incentive(
         k_fraction: K in (0, 1] (``selection.k_fraction``, default 0.1).
         bids_fn: (client ids, cap) -> Bids, computed by the clients (e.g.
             :meth:`~rayfl.selection.messages.LocalClients.bids`).
-        replies_fn: (offers, cap) -> the clients' Offer or Response to each offer, computed by
-            the clients (:data:`~rayfl.selection.messages.RepliesFn`). One call carries a
-            window of each bargaining client's next offers (:func:`_window_end`).
-        bargain_params: beta_S, delta_S, max_steps (:class:`BargainParams` or any object with
-            those attributes).
+        replies_fn: (offers, cap) -> the clients' Offer or Response to each offer
+            (:data:`~rayfl.selection.messages.RepliesFn`); one call carries a window of each
+            bargaining client's next offers (:func:`_window_end`).
+        bargain_params: beta_S, delta_S, max_steps (:class:`BargainParams` or alike).
         rng: the round's generator, for the tie-breaks.
         max_window: at most this many offers per client in one ``replies_fn`` call (default:
             no limit; 1 is the strict one-step-at-a-time exchange). The outcome is the same.
@@ -429,6 +472,18 @@ def select_incentive(
         ConfigError: per_round_budget <= 0 (``incentive.budget``) or K outside (0, 1].
         TypeError: a callback returned anything but Bid / Offer / Response messages.
     """
+    budget = _round_budget(per_round_budget, budget_carry)  # R(t)
+    params = params_from(bargain_params)
+    ids = _client_ids(available)
+    m = num_selected(k_fraction, ids.size)
+    passes, carried = _selection_passes(
+        ids, budget, m, bids_fn, replies_fn, params, rng, max_window
+    )
+    return _round_record(passes, budget, m, carried, params.delta_s)
+
+
+def _round_budget(per_round_budget: float, budget_carry: float) -> float:
+    """R(t) = R_S + r(t-1), once both are checked."""
     r_s = check_real(
         "incentive.budget",
         per_round_budget,
@@ -438,20 +493,61 @@ def select_incentive(
     )
     if not (math.isfinite(budget_carry) and budget_carry >= 0):
         raise ValueError(f"budget_carry={budget_carry!r} must be >= 0 (last round's carried)")
-    params = params_from(bargain_params)
-    ids = _client_ids(available)
-    budget = r_s + float(budget_carry)  # R(t)
-    m = num_selected(k_fraction, ids.size)
+    return r_s + float(budget_carry)
 
-    sel_ids: list[np.ndarray] = []
-    sel_bids: list[np.ndarray] = []
-    sel_caps: list[np.ndarray] = []
-    sel_price: list[np.ndarray] = []
-    sel_steps: list[np.ndarray] = []
-    disagreed: list[np.ndarray] = []
-    caps: list[float] = []
-    n_bids: list[int] = []
-    n_cand: list[int] = []
+
+@dataclasses.dataclass
+class _Passes:
+    """What the selection passes of one round collect; the array lists hold one entry per pass."""
+
+    ids: list[np.ndarray] = dataclasses.field(default_factory=list)  # clients who agreed
+    bids: list[np.ndarray] = dataclasses.field(default_factory=list)  # their R_{i,S}
+    caps: list[np.ndarray] = dataclasses.field(default_factory=list)  # the pass's cap, per client
+    prices: list[np.ndarray] = dataclasses.field(default_factory=list)  # their agreed x_i
+    steps: list[np.ndarray] = dataclasses.field(default_factory=list)  # their A_i
+    disagreed: list[np.ndarray] = dataclasses.field(default_factory=list)  # breakdowns
+    announced_caps: list[float] = dataclasses.field(default_factory=list)  # one per pass
+    num_bids: list[int] = dataclasses.field(default_factory=list)
+    num_candidates: list[int] = dataclasses.field(default_factory=list)
+
+    def add_bargains(
+        self,
+        ids: np.ndarray,
+        bids: np.ndarray,
+        cap: float,
+        price: np.ndarray,
+        steps: np.ndarray,
+        agreed: np.ndarray,
+    ) -> None:
+        """Records one pass's bargainings: the agreed clients, and those that broke down."""
+        self.ids.append(ids[agreed])
+        self.bids.append(bids[agreed])
+        self.caps.append(np.full(int(agreed.sum()), cap))
+        self.prices.append(price[agreed])
+        self.steps.append(steps[agreed])
+        self.disagreed.append(ids[~agreed])
+
+
+def _joined(parts: list[np.ndarray], dtype: Any) -> np.ndarray:
+    """The passes' arrays end to end (empty when no pass bargained)."""
+    return np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype=dtype)
+
+
+def _selection_passes(
+    ids: np.ndarray,
+    budget: float,
+    m: int,
+    bids_fn: BidsFn,
+    replies_fn: RepliesFn,
+    params: BargainParams,
+    rng: np.random.Generator,
+    max_window: int | None,
+) -> tuple[_Passes, float]:
+    """Steps 1-4 of :func:`select_incentive`: the first pass, then the additional ones.
+
+    Returns the passes' record and L, what is left of ``budget`` after the payments.
+    """
+    passes = _Passes()
     pool = budget  # L: what is not yet paid
     slots = m  # M - |C|
     remaining = ids  # not yet selected, not yet bargained with
@@ -461,10 +557,10 @@ def select_incentive(
         # --- announce the cap, collect the bids ---
         cap = pool / slots
         bid_ids, amounts = _received_bids(bids_fn([int(i) for i in remaining], cap), remaining)
-        caps.append(cap)
-        n_bids.append(int(bid_ids.size))
+        passes.announced_caps.append(cap)
+        passes.num_bids.append(int(bid_ids.size))
         qualifies = amounts <= cap
-        n_cand.append(int(qualifies.sum()))
+        passes.num_candidates.append(int(qualifies.sum()))
         if not qualifies.any():
             break
         # --- cheapest first, at most the open slots ---
@@ -473,37 +569,33 @@ def select_incentive(
         c_ids, c_bids = c_ids[order], c_bids[order]
         # --- one bargaining per chosen client ---
         price, steps, agreed = _bargain_with(c_ids, c_bids, cap, params, replies_fn, max_window)
-        sel_ids.append(c_ids[agreed])
-        sel_bids.append(c_bids[agreed])
-        sel_caps.append(np.full(int(agreed.sum()), cap))
-        sel_price.append(price[agreed])
-        sel_steps.append(steps[agreed])
-        disagreed.append(c_ids[~agreed])
+        passes.add_bargains(c_ids, c_bids, cap, price, steps, agreed)
         # --- pool the leftover for the next pass ---
-        pool = max(0.0, budget - math.fsum(np.concatenate(sel_price).tolist()))
+        pool = max(0.0, budget - math.fsum(np.concatenate(passes.prices).tolist()))
         slots -= int(agreed.sum())
         remaining = remaining[~np.isin(remaining, c_ids)]
+    return passes, pool
 
-    def _cat(parts: list[np.ndarray], dtype: Any) -> np.ndarray:
-        return np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype=dtype)
 
-    selected = _cat(sel_ids, np.int64)
-    bids = _cat(sel_bids, np.float64)
-    caps_sel = _cat(sel_caps, np.float64)
-    payments = _cat(sel_price, np.float64)
-    steps_sel = _cat(sel_steps, np.int64)
+def _round_record(
+    passes: _Passes, budget: float, m: int, carried: float, delta_s: float
+) -> IncentiveRound:
+    """The :class:`IncentiveRound` of the passes, with what the server knows of the outcome:
+    its own realised utility and the Nash products of the bargain and of the exact NBS."""
+    selected = _joined(passes.ids, np.int64)
+    bids = _joined(passes.bids, np.float64)
+    caps = _joined(passes.caps, np.float64)
+    payments = _joined(passes.prices, np.float64)
+    steps = _joined(passes.steps, np.int64)
 
-    # --- what the server knows of the outcome: its own utility, the Nash products ---
-    surplus = caps_sel - bids
+    surplus = caps - bids
     pos = surplus > 0
     u_server = np.zeros(selected.size)
-    u_server[pos] = np.power(params.delta_s, steps_sel[pos]) * (
-        (caps_sel[pos] - payments[pos]) / surplus[pos]
-    )
+    u_server[pos] = np.power(delta_s, steps[pos]) * ((caps[pos] - payments[pos]) / surplus[pos])
     if pos.any():
         with np.errstate(divide="ignore"):
             log_np = float(
-                np.sum(np.log(payments[pos] - bids[pos]) + np.log(caps_sel[pos] - payments[pos]))
+                np.sum(np.log(payments[pos] - bids[pos]) + np.log(caps[pos] - payments[pos]))
             )
         log_nbs = float(np.sum(2.0 * np.log(0.5 * surplus[pos])))
         err = float(ape_from_log(log_np, log_nbs))
@@ -514,15 +606,15 @@ def select_incentive(
         m=m,
         selected=selected,
         bids=bids,
-        caps=caps_sel,
+        caps=caps,
         payments=payments,
-        steps=steps_sel,
+        steps=steps,
         server_utility=u_server,
-        carried=pool,
-        announced_caps=tuple(caps),
-        num_bids=tuple(n_bids),
-        num_candidates=tuple(n_cand),
-        disagreed=_cat(disagreed, np.int64),
+        carried=carried,
+        announced_caps=tuple(passes.announced_caps),
+        num_bids=tuple(passes.num_bids),
+        num_candidates=tuple(passes.num_candidates),
+        disagreed=_joined(passes.disagreed, np.int64),
         log_nash_product=log_np,
         log_nash_product_nbs=log_nbs,
         ape=err,
