@@ -152,6 +152,80 @@ def judgement(
     Records ``judge/accuracy``, ``judge/ewma``, ``judge/dev_accuracy``, ``judge/tolerance``,
     ``judge/active``, ``judge/maintained`` and ``agg/kept_previous``.
     """
+    eps_m, t_min_fraction, theta_0, kappa, eval_every = _checked_judgement(
+        eps_m, t_min_fraction, theta_0, kappa, delta1, delta2, eval_every
+    )
+
+    def init(k0: int) -> JudgementState:
+        return JudgementState(None, 0.0, None, None, 0)
+
+    def update(fb: Feedback, s: JudgementState) -> tuple[Decision, JudgementState]:
+        t = fb.iteration
+        active = s.start is not None
+        if not active and (t + 1) % eval_every != 0:
+            return Decision(metrics={"judge/active": 0.0, "agg/kept_previous": 0.0}), s
+        acc = fb.evaluate()
+        keep = False
+        tolerance = math.nan
+        if active:
+            tolerance = theta_0 * math.exp(-kappa * (t - s.start) / fb.iterations)
+            assert s.ewma is not None
+            keep = acc < s.ewma - tolerance
+        accepted = s.current_accuracy if keep and s.current_accuracy is not None else acc
+        ewma, dev = _ewma_step(s, accepted, delta1, delta2)
+        start = s.start
+        if (
+            start is None
+            and dev < eps_m
+            and t >= t_min_fraction * fb.iterations
+            and s.ewma is not None
+        ):
+            start = t  # active from this iteration on: evaluate every iteration
+        new = JudgementState(ewma, dev, accepted, start, s.maintained + int(keep))
+        metrics = _judgement_metrics(acc, tolerance, keep, new)
+        return Decision(keep_previous=keep, metrics=metrics), new
+
+    return Control(init, update)
+
+
+def _ewma_step(
+    s: JudgementState, accepted: float, delta1: float, delta2: float
+) -> tuple[float, float]:
+    """(A_t, D_t) once ``accepted`` is fed in (eq. 3-4); the first one starts A at it, D at 0."""
+    if s.ewma is None:
+        return accepted, 0.0
+    ewma = delta1 * s.ewma + (1 - delta1) * accepted
+    dev = delta2 * s.dev + (1 - delta2) * abs(ewma - s.ewma)
+    return ewma, dev
+
+
+def _judgement_metrics(
+    acc: float, tolerance: float, keep: bool, new: JudgementState
+) -> dict[str, float]:
+    """What judgement records for an evaluated candidate (``new``: the state after it)."""
+    return {
+        "judge/accuracy": acc,
+        "judge/ewma": new.ewma,
+        "judge/dev_accuracy": new.dev,
+        "judge/tolerance": tolerance,
+        "judge/active": float(new.start is not None),
+        "judge/maintained": float(new.maintained),
+        "agg/kept_previous": float(keep),
+    }
+
+
+def _checked_judgement(
+    eps_m: Any,
+    t_min_fraction: Any,
+    theta_0: Any,
+    kappa: Any,
+    delta1: Any,
+    delta2: Any,
+    eval_every: Any,
+) -> tuple[float, float, float, float, int]:
+    """Checks judgement's parameters; returns (eps_m, t_min_fraction, theta_0, kappa,
+    eval_every) as float and int. delta1 and delta2 are only checked: judgement uses them as
+    given."""
     eps_m = check_real(
         "aggregation.control.judgement.eps_m",
         eps_m,
@@ -189,49 +263,7 @@ def judgement(
     eval_every = check_int(
         "aggregation.control.judgement.eval_every", eval_every, low=1, fix="use e.g. 50"
     )
-
-    def init(k0: int) -> JudgementState:
-        return JudgementState(None, 0.0, None, None, 0)
-
-    def update(fb: Feedback, s: JudgementState) -> tuple[Decision, JudgementState]:
-        t = fb.iteration
-        active = s.start is not None
-        if not active and (t + 1) % eval_every != 0:
-            return Decision(metrics={"judge/active": 0.0, "agg/kept_previous": 0.0}), s
-        acc = fb.evaluate()
-        keep = False
-        tolerance = math.nan
-        if active:
-            tolerance = theta_0 * math.exp(-kappa * (t - s.start) / fb.iterations)
-            assert s.ewma is not None
-            keep = acc < s.ewma - tolerance
-        accepted = s.current_accuracy if keep and s.current_accuracy is not None else acc
-        if s.ewma is None:
-            ewma, dev = accepted, 0.0
-        else:
-            ewma = delta1 * s.ewma + (1 - delta1) * accepted
-            dev = delta2 * s.dev + (1 - delta2) * abs(ewma - s.ewma)
-        start = s.start
-        if (
-            start is None
-            and dev < eps_m
-            and t >= t_min_fraction * fb.iterations
-            and s.ewma is not None
-        ):
-            start = t  # active from this iteration on: evaluate every iteration
-        new = JudgementState(ewma, dev, accepted, start, s.maintained + int(keep))
-        metrics = {
-            "judge/accuracy": acc,
-            "judge/ewma": ewma,
-            "judge/dev_accuracy": dev,
-            "judge/tolerance": tolerance,
-            "judge/active": float(start is not None),
-            "judge/maintained": float(new.maintained),
-            "agg/kept_previous": float(keep),
-        }
-        return Decision(keep_previous=keep, metrics=metrics), new
-
-    return Control(init, update)
+    return eps_m, t_min_fraction, theta_0, kappa, eval_every
 
 
 CONTROLS: dict[str, Callable[..., Control]] = {
