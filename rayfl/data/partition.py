@@ -219,24 +219,9 @@ def paper(
     num_clients = _check_num_clients(num_clients, labels.size, "paper")
     _, class_sizes = np.unique(labels, return_counts=True)  # (C,)
     num_classes = class_sizes.size
-    classes_max = _check_positive_int(classes_max, "data.classes_max")
-    if classes_max > num_classes:
-        raise DataError(
-            f"data.classes_max={classes_max} exceeds the {num_classes} classes in the labels: "
-            f"set data.classes_max between 1 and {num_classes}"
-        )
-    samples_min = _check_positive_int(samples_min, "data.samples_min")
-    samples_max = _check_positive_int(samples_max, "data.samples_max")
-    if samples_min > samples_max:
-        raise DataError(
-            f"data.samples_min={samples_min} exceeds data.samples_max={samples_max}: "
-            "set data.samples_min <= data.samples_max"
-        )
-    if samples_max > class_sizes.min():
-        raise DataError(
-            f"data.samples_max={samples_max} exceeds the {class_sizes.min()} samples of the "
-            f"smallest class: set data.samples_max <= {class_sizes.min()}"
-        )
+    classes_max, samples_min, samples_max = _check_paper_options(
+        classes_max, samples_min, samples_max, class_sizes
+    )
 
     # --- each client's classes: (K, classes_max) distinct class positions, first m_i used ---
     num_chosen = rng.integers(1, classes_max, endpoint=True, size=num_clients)  # (K,) m_i
@@ -260,6 +245,32 @@ def paper(
     class_start = _offsets(class_sizes)  # (C + 1,)
     indices = by_label[class_start[class_pos] + within]
     return Partition(indices=indices, offsets=_offsets(sizes))
+
+
+def _check_paper_options(
+    classes_max: int, samples_min: int, samples_max: int, class_sizes: np.ndarray
+) -> tuple[int, int, int]:
+    """The options of :func:`paper` as ints, checked against the ``(C,)`` class sizes."""
+    num_classes = class_sizes.size
+    classes_max = _check_positive_int(classes_max, "data.classes_max")
+    if classes_max > num_classes:
+        raise DataError(
+            f"data.classes_max={classes_max} exceeds the {num_classes} classes in the labels: "
+            f"set data.classes_max between 1 and {num_classes}"
+        )
+    samples_min = _check_positive_int(samples_min, "data.samples_min")
+    samples_max = _check_positive_int(samples_max, "data.samples_max")
+    if samples_min > samples_max:
+        raise DataError(
+            f"data.samples_min={samples_min} exceeds data.samples_max={samples_max}: "
+            "set data.samples_min <= data.samples_max"
+        )
+    if samples_max > class_sizes.min():
+        raise DataError(
+            f"data.samples_max={samples_max} exceeds the {class_sizes.min()} samples of the "
+            f"smallest class: set data.samples_max <= {class_sizes.min()}"
+        )
+    return classes_max, samples_min, samples_max
 
 
 PARTITIONERS: dict[str, Callable[..., Partition]] = {
