@@ -86,30 +86,7 @@ def format_report(cfg: Any, nodes: list[dict[str, Any]], totals: dict[str, float
 
     c = cfg.client
     lines = [f"Ray cluster: {sum(n['Alive'] for n in nodes)} nodes alive, {len(nodes)} known", ""]
-    rows = [("node", "ip", "CPUs", "GPUs", "custom resources", "alive", "fits")]
-    capacity: list[int] = []
-    for n in nodes:
-        res = n.get("Resources", {}) if n["Alive"] else {}
-        fit = workers_per_node(res, c.num_cpus, c.num_gpus) if n["Alive"] else 0
-        custom = sorted(
-            f"{k}={v:g}"
-            for k, v in res.items()
-            if k not in _BUILTIN and not k.startswith(("node:", "accelerator_type:"))
-        )
-        head = " (head)" if "node:__internal_head__" in res else ""
-        rows.append(
-            (
-                n["NodeID"][:8] + head,
-                n.get("NodeManagerAddress", "?"),
-                f"{res.get('CPU', 0):g}",
-                f"{res.get('GPU', 0):g}",
-                ", ".join(custom) or "-",
-                "yes" if n["Alive"] else "no",
-                "any" if fit is None else str(fit),
-            )
-        )
-        if n["Alive"]:
-            capacity.append(fit if fit is not None else 1 << 30)
+    rows, capacity = _node_rows(nodes, c.num_cpus, c.num_gpus)
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in rows]
     lines += [
@@ -141,6 +118,38 @@ def format_report(cfg: Any, nodes: list[dict[str, Any]], totals: dict[str, float
             "client.num_workers)"
         )
     return "\n".join(lines)
+
+
+def _node_rows(
+    nodes: list[dict[str, Any]], num_cpus: float, num_gpus: float
+) -> tuple[list[tuple[str, ...]], list[int]]:
+    """The node table of :func:`format_report` (a header, then one row per node) and how many
+    workers each live node fits (a huge number where there is no limit)."""
+    rows = [("node", "ip", "CPUs", "GPUs", "custom resources", "alive", "fits")]
+    capacity: list[int] = []
+    for n in nodes:
+        res = n.get("Resources", {}) if n["Alive"] else {}
+        fit = workers_per_node(res, num_cpus, num_gpus) if n["Alive"] else 0
+        custom = sorted(
+            f"{k}={v:g}"
+            for k, v in res.items()
+            if k not in _BUILTIN and not k.startswith(("node:", "accelerator_type:"))
+        )
+        head = " (head)" if "node:__internal_head__" in res else ""
+        rows.append(
+            (
+                n["NodeID"][:8] + head,
+                n.get("NodeManagerAddress", "?"),
+                f"{res.get('CPU', 0):g}",
+                f"{res.get('GPU', 0):g}",
+                ", ".join(custom) or "-",
+                "yes" if n["Alive"] else "no",
+                "any" if fit is None else str(fit),
+            )
+        )
+        if n["Alive"]:
+            capacity.append(fit if fit is not None else 1 << 30)
+    return rows, capacity
 
 
 def workers_per_node(resources: dict[str, float], num_cpus: float, num_gpus: float) -> int | None:

@@ -413,6 +413,86 @@ def plot_run(run_dir: PathLike, out_dir: PathLike | None = None) -> list[pathlib
     return written
 
 
+def _columns_with(run_dir: PathLike, needed: Sequence[str]) -> Columns:
+    """The run's metric columns; a RayflError names the first of ``needed`` without values."""
+    columns = _read_metrics(run_dir)
+    for column in needed:
+        if not _has(columns, column):
+            raise RayflError(
+                f"{run_dir} has no values for '{column}' in metrics.parquet: "
+                f"pick one of {sorted(c for c in columns if _has(columns, c))}"
+            )
+    return columns
+
+
+def _compared_series(
+    run_dir: PathLike, metric: str, x: str, diff: bool
+) -> tuple[str, str, tuple[np.ndarray, list[np.ndarray]]]:
+    """(name, folder name, (xs, [ys])) of one run for :func:`compare_runs`; with ``diff`` the ys
+    are the increments from one row to the next."""
+    found = _series(_columns_with(run_dir, (metric, x)), x, metric)
+    assert found is not None  # both columns have values, checked above
+    if diff:
+        xs, (ys,) = found
+        found = (xs[1:], [np.diff(ys)])
+    return _run_name(run_dir), pathlib.Path(run_dir).resolve().name, found
+
+
+def _draw_runs(
+    ax: Axes,
+    runs: list[tuple[str, str, tuple[np.ndarray, list[np.ndarray]]]],
+    *,
+    noisy: bool,
+) -> list[np.ndarray]:
+    """One curve per ``(name, folder, (xs, [ys]))``, labelled by name (and folder where two
+    runs share a name); a ``noisy`` curve is drawn faint under its moving average. Returns
+    the ys."""
+    names = [name for name, _, _ in runs]
+    every_y = []
+    for i, (name, folder, (xs, (ys,))) in enumerate(runs):
+        label = name if names.count(name) == 1 or name == folder else f"{name} ({folder})"
+        color = f"C{i % 10}"
+        window = _smoothing_window(ys.size)
+        if noisy and window > 1:  # noisy per-iteration curve
+            ax.plot(xs, ys, color=color, alpha=_ALPHA_RAW, linewidth=0.8)
+            ax.plot(xs, _moving_average(ys, window), color=color, linewidth=1.8, label=label)
+        else:
+            sparse = ys.size < 60
+            ax.plot(xs, ys, color=color, marker="o" if sparse else None, markersize=3, label=label)
+        every_y.append(ys)
+    return every_y
+
+
+def _draw_histograms(
+    ax: Axes, runs: list[tuple[str, np.ndarray]], edges: np.ndarray, threshold: float | None
+) -> None:
+    """One step histogram per ``(name, values)``, as shares of the run's iterations; with a
+    ``threshold`` the label gives the share above it."""
+    for i, (name, values) in enumerate(runs):
+        label = name
+        if threshold is not None:
+            label = f"{name}: {float(np.mean(values > threshold)):.1%} above {threshold:g}"
+        weights = np.full(values.size, 1.0 / values.size)
+        ax.hist(
+            values,
+            bins=edges,
+            weights=weights,
+            histtype="step",
+            linewidth=1.6,
+            color=f"C{i % 10}",
+            label=label,
+        )
+
+
+def _histogram_edges(pooled: np.ndarray, bins: int, log_x: bool) -> np.ndarray:
+    """``bins + 1`` edges over the pooled values' range (log-spaced if ``log_x``); a range of
+    one value is widened a hair so the bins have a width."""
+    low, high = float(pooled.min()), float(pooled.max())
+    if high <= low:
+        high = low + 1e-12 if low == 0 else low * (1 + 1e-6) + 1e-12
+    return np.geomspace(low, high, bins + 1) if log_x else np.linspace(low, high, bins + 1)
+
+
 def compare_runs(
     run_dirs: Sequence[PathLike],
     out_path: PathLike,
@@ -451,37 +531,10 @@ def compare_runs(
     """
     if not run_dirs:
         raise RayflError("compare_runs got no run folders: pass at least one run folder")
-    runs = []
-    for run_dir in run_dirs:
-        columns = _read_metrics(run_dir)
-        for column in (metric, x):
-            if not _has(columns, column):
-                raise RayflError(
-                    f"{run_dir} has no values for '{column}' in metrics.parquet: "
-                    f"pick one of {sorted(c for c in columns if _has(columns, c))}"
-                )
-        found = _series(columns, x, metric)
-        assert found is not None  # both columns have values, checked above
-        if diff:
-            xs, (ys,) = found
-            found = (xs[1:], [np.diff(ys)])
-        runs.append((_run_name(run_dir), pathlib.Path(run_dir).resolve().name, found))
-
-    names = [name for name, _, _ in runs]
+    runs = [_compared_series(run_dir, metric, x, diff) for run_dir in run_dirs]
     fig, axes = _new_figure(1, 1)
     ax = axes[0, 0]
-    every_y = []
-    for i, (name, folder, (xs, (ys,))) in enumerate(runs):
-        label = name if names.count(name) == 1 or name == folder else f"{name} ({folder})"
-        color = f"C{i % 10}"
-        window = _smoothing_window(ys.size)
-        if (diff or metric.startswith("train/")) and window > 1:  # noisy per-iteration curve
-            ax.plot(xs, ys, color=color, alpha=_ALPHA_RAW, linewidth=0.8)
-            ax.plot(xs, _moving_average(ys, window), color=color, linewidth=1.8, label=label)
-        else:
-            sparse = ys.size < 60
-            ax.plot(xs, ys, color=color, marker="o" if sparse else None, markersize=3, label=label)
-        every_y.append(ys)
+    every_y = _draw_runs(ax, runs, noisy=diff or metric.startswith("train/"))
     if _wants_log_y(np.concatenate(every_y)):
         ax.set_yscale("log")
     ax.set_xlabel(_label(x))
@@ -531,38 +584,17 @@ def compare_histograms(
         raise RayflError("compare_histograms got no run folders: pass at least one run folder")
     runs = []
     for run_dir in run_dirs:
-        columns = _read_metrics(run_dir)
-        if not _has(columns, metric):
-            raise RayflError(
-                f"{run_dir} has no values for '{metric}' in metrics.parquet: "
-                f"pick one of {sorted(c for c in columns if _has(columns, c))}"
-            )
+        columns = _columns_with(run_dir, (metric,))
         values = columns[metric][np.isfinite(columns[metric])]
         runs.append((_run_name(run_dir), values))
     pooled = np.concatenate([v for _, v in runs])
-    low, high = float(pooled.min()), float(pooled.max())
     if log_x is None:
         log_x = _wants_log_y(pooled)
-    if high <= low:
-        high = low + 1e-12 if low == 0 else low * (1 + 1e-6) + 1e-12
-    edges = np.geomspace(low, high, bins + 1) if log_x else np.linspace(low, high, bins + 1)
+    edges = _histogram_edges(pooled, bins, log_x)
 
     fig, axes = _new_figure(1, 1)
     ax = axes[0, 0]
-    for i, (name, values) in enumerate(runs):
-        label = name
-        if threshold is not None:
-            label = f"{name}: {float(np.mean(values > threshold)):.1%} above {threshold:g}"
-        weights = np.full(values.size, 1.0 / values.size)
-        ax.hist(
-            values,
-            bins=edges,
-            weights=weights,
-            histtype="step",
-            linewidth=1.6,
-            color=f"C{i % 10}",
-            label=label,
-        )
+    _draw_histograms(ax, runs, edges, threshold)
     if threshold is not None:
         ax.axvline(threshold, color="black", linestyle="--", linewidth=1)
     if log_x:
