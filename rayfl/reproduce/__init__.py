@@ -9,7 +9,9 @@ progress: bool | None) -> Path`` that writes its tables (markdown) and figures (
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+import os
+import platform
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,3 +32,12 @@ def get(name: str) -> Callable[..., Path]:
     module, func = REPRODUCTIONS[name].split(":")
     fn: Any = getattr(importlib.import_module(module), func)
     return fn
+
+
+def machine_description(resources: Mapping[str, float]) -> str:
+    """Where a reproduction ran, for its report: this host and the Ray cluster's resources
+    (``ray.cluster_resources()``)."""
+    return (
+        f"{platform.machine()}, {os.cpu_count()} CPU cores on this host; Ray cluster "
+        f"{resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs"
+    )

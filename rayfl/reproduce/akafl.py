@@ -30,12 +30,12 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import math
 import os
-import platform
 import shutil
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,7 @@ import numpy as np
 
 from rayfl.config import load_config
 from rayfl.errors import RayflError
+from rayfl.reproduce import machine_description
 from rayfl.tuning import ewma_dev_accuracy
 
 PAPER_T = 5000
@@ -521,24 +522,38 @@ def targets(
     means: Mapping[str, Mapping[str, Any]], rows: Sequence[Mapping[str, Any]]
 ) -> list[tuple[str, str, str]]:
     """The issue's targets: ``(target, PASS | MISS | n/a, the numbers)`` each."""
-    out = []
+    return [
+        _akafl_r_accuracy_target(means),
+        _remodel_target(means, rows),
+        _judgement_target(means),
+        _adaptive_k_target(means),
+        _dominance_target(means),
+    ]
 
-    def verdict(ok: bool | None) -> str:
-        return "n/a" if ok is None else ("PASS" if ok else "MISS")
 
-    def have(*values: float) -> bool:
-        return all(math.isfinite(v) for v in values)
+def _verdict(ok: bool | None) -> str:
+    return "n/a" if ok is None else ("PASS" if ok else "MISS")
 
-    # 1. AKAFL-R on the paper profile reaches the paper's mean accuracy over the last 1000.
+
+def _have(*values: float) -> bool:
+    return all(math.isfinite(v) for v in values)
+
+
+def _akafl_r_accuracy_target(means: Mapping[str, Mapping[str, Any]]) -> tuple[str, str, str]:
+    """1. AKAFL-R on the paper profile reaches the paper's mean accuracy over the last 1000."""
     r1 = _m(means, "paper-akafl-r", "acc_w1")
-    out.append(
-        (
-            "AKAFL-R (paper profile): mean accuracy over the last 1000 iterations >= 0.9716",
-            verdict(r1 >= 0.9716 if have(r1) else None),
-            f"{r1:.4f}",
-        )
+    return (
+        "AKAFL-R (paper profile): mean accuracy over the last 1000 iterations >= 0.9716",
+        _verdict(r1 >= 0.9716 if _have(r1) else None),
+        f"{r1:.4f}",
     )
-    # 2. On the stale profile, AKAFL-R clearly above AKAFL: +1 point in the mean and every seed.
+
+
+def _remodel_target(
+    means: Mapping[str, Mapping[str, Any]], rows: Sequence[Mapping[str, Any]]
+) -> tuple[str, str, str]:
+    """2. On the stale profile, AKAFL-R clearly above AKAFL: +1 point in the mean and every
+    seed (judged on staleness true; nominal is reported beside)."""
     parts, oks = [], []
     for mode, prefix in (("true", "stale-"), ("nominal", "stale-nominal-")):
         a = [r for r in rows if r["arm"] == f"{prefix}akafl" and r["status"] == "finished"]
@@ -546,31 +561,34 @@ def targets(
         ma, mb = _m(means, f"{prefix}akafl", "acc_w1"), _m(means, f"{prefix}akafl-r", "acc_w1")
         by_seed = {r["seed"]: r["acc_w1"] for r in a}
         pairs = [(by_seed[r["seed"]], r["acc_w1"]) for r in b if r["seed"] in by_seed]
-        ok = have(ma, mb) and mb - ma >= 0.01 and all(y > x for x, y in pairs) and bool(pairs)
+        ok = _have(ma, mb) and mb - ma >= 0.01 and all(y > x for x, y in pairs) and bool(pairs)
         parts.append(f"staleness {mode}: AKAFL {ma:.4f}, AKAFL-R {mb:.4f} ({mb - ma:+.4f})")
         if mode == "true":
-            oks.append(ok if have(ma, mb) else None)
-    out.append(
-        (
-            "stale profile: AKAFL-R clearly above AKAFL (>= +1 point mean accuracy over the last "
-            "1000, higher in every seed; judged on staleness true)",
-            verdict(oks[0]),
-            "; ".join(parts),
-        )
+            oks.append(ok if _have(ma, mb) else None)
+    return (
+        "stale profile: AKAFL-R clearly above AKAFL (>= +1 point mean accuracy over the last "
+        "1000, higher in every seed; judged on staleness true)",
+        _verdict(oks[0]),
+        "; ".join(parts),
     )
-    # 3. AKAFL-RJ above AKAFL-R and DevAccuracy at most half.
+
+
+def _judgement_target(means: Mapping[str, Mapping[str, Any]]) -> tuple[str, str, str]:
+    """3. AKAFL-RJ above AKAFL-R and DevAccuracy at most half."""
     ra, ja = _m(means, "paper-akafl-r", "acc_w1"), _m(means, "paper-akafl-rj", "acc_w1")
     rd, jd = _m(means, "paper-akafl-r", "dev_w1"), _m(means, "paper-akafl-rj", "dev_w1")
-    out.append(
-        (
-            "AKAFL-RJ: higher mean accuracy than AKAFL-R over the last 1000 and DevAccuracy <= "
-            "half of AKAFL-R's",
-            verdict((ja > ra and jd <= 0.5 * rd) if have(ra, ja, rd, jd) else None),
-            f"accuracy {ja:.4f} vs {ra:.4f} ({(ja - ra) * 100:+.2f} points); DevAccuracy "
-            f"{jd:.5f} vs {rd:.5f} ({_ratio(jd, rd)})",
-        )
+    return (
+        "AKAFL-RJ: higher mean accuracy than AKAFL-R over the last 1000 and DevAccuracy <= "
+        "half of AKAFL-R's",
+        _verdict((ja > ra and jd <= 0.5 * rd) if _have(ra, ja, rd, jd) else None),
+        f"accuracy {ja:.4f} vs {ra:.4f} ({(ja - ra) * 100:+.2f} points); DevAccuracy "
+        f"{jd:.5f} vs {rd:.5f} ({_ratio(jd, rd)})",
     )
-    # 4. Adaptive K with stragglers: >= 30 % less virtual time, final accuracy within 0.5 points.
+
+
+def _adaptive_k_target(means: Mapping[str, Mapping[str, Any]]) -> tuple[str, str, str]:
+    """4. Adaptive K with stragglers: >= 30 % less virtual time, final accuracy within 0.5
+    points."""
     fv, av = (
         _m(means, "stragglers-fixed-k10", "virtual_time"),
         _m(means, "stragglers-adaptive-k", "virtual_time"),
@@ -579,26 +597,24 @@ def targets(
         _m(means, "stragglers-fixed-k10", "final_accuracy"),
         _m(means, "stragglers-adaptive-k", "final_accuracy"),
     )
-    out.append(
-        (
-            "stragglers: adaptive K's virtual time >= 30 % below fixed K = 10, final accuracy "
-            "within 0.5 points",
-            verdict((av <= 0.7 * fv and aa >= fa - 0.005) if have(fv, av, fa, aa) else None),
-            f"virtual time {av:.1f} vs {fv:.1f} ({_ratio(av, fv)}); final accuracy {aa:.4f} vs "
-            f"{fa:.4f} ({(aa - fa) * 100:+.2f} points)",
-        )
+    return (
+        "stragglers: adaptive K's virtual time >= 30 % below fixed K = 10, final accuracy "
+        "within 0.5 points",
+        _verdict((av <= 0.7 * fv and aa >= fa - 0.005) if _have(fv, av, fa, aa) else None),
+        f"virtual time {av:.1f} vs {fv:.1f} ({_ratio(av, fv)}); final accuracy {aa:.4f} vs "
+        f"{fa:.4f} ({(aa - fa) * 100:+.2f} points)",
     )
-    # 5. Remodel with K = 5 halves the dominance share.
+
+
+def _dominance_target(means: Mapping[str, Mapping[str, Any]]) -> tuple[str, str, str]:
+    """5. Remodel with K = 5 halves the dominance share."""
     d0, d1 = _m(means, "stale-akafl-k5", "dominance"), _m(means, "stale-akafl-r-k5", "dominance")
-    out.append(
-        (
-            "stale profile, K = 5: share of iterations with one update > 0.8 of the weight, with "
-            "remodel <= half of without",
-            verdict(d1 <= 0.5 * d0 if have(d0, d1) else None),
-            f"{d1:.3f} with remodel vs {d0:.3f} without ({_ratio(d1, d0)})",
-        )
+    return (
+        "stale profile, K = 5: share of iterations with one update > 0.8 of the weight, with "
+        "remodel <= half of without",
+        _verdict(d1 <= 0.5 * d0 if _have(d0, d1) else None),
+        f"{d1:.3f} with remodel vs {d0:.3f} without ({_ratio(d1, d0)})",
     )
-    return out
 
 
 def _ratio(a: float, b: float) -> str:
@@ -617,6 +633,51 @@ def _fmt(stat: tuple[float, float, int], digits: int = 4) -> str:
     return text
 
 
+_Column = tuple[str, str, int]
+"""A column of an arm table: (heading, key of :func:`arm_means` or ``paper:<key>``, digits)."""
+
+_PAPER_COLUMNS: tuple[_Column, ...] = (
+    ("T", "iterations", 0),
+    ("acc last W1", "acc_w1", 4),
+    ("paper last 1000", "paper:acc_w1", 4),
+    ("acc last W2", "acc_w2", 4),
+    ("paper last 500", "paper:acc_w2", 4),
+    ("DevAccuracy W1", "dev_w1", 5),
+    ("maintained", "maintained", 1),
+    ("paper maintained", "paper:maintained", 0),
+    ("virtual time", "virtual_time", 0),
+    ("mean K", "mean_k", 2),
+    ("dominance", "dominance", 3),
+)
+_STALE_ARMS = (
+    "stale-akafl",
+    "stale-akafl-r",
+    "stale-nominal-akafl",
+    "stale-nominal-akafl-r",
+    "stale-akafl-k5",
+    "stale-akafl-r-k5",
+)
+_STALE_COLUMNS: tuple[_Column, ...] = (
+    ("T", "iterations", 0),
+    ("acc last W1", "acc_w1", 4),
+    ("acc last W2", "acc_w2", 4),
+    ("DevAccuracy W1", "dev_w1", 5),
+    ("mean staleness", "mean_staleness", 1),
+    ("dominance", "dominance", 3),
+    ("mean lr", "mean_lr", 4),
+    ("remodels", "remodels", 0),
+    ("virtual time", "virtual_time", 0),
+)
+_STRAGGLER_COLUMNS: tuple[_Column, ...] = (
+    ("T", "iterations", 0),
+    ("virtual time", "virtual_time", 1),
+    ("mean K", "mean_k", 2),
+    ("final K", "final_k", 1),
+    ("final accuracy", "final_accuracy", 4),
+    ("acc last W1", "acc_w1", 4),
+)
+
+
 def format_table(
     rows: Sequence[Mapping[str, Any]],
     *,
@@ -628,6 +689,51 @@ def format_table(
 ) -> str:
     """The markdown report: the tables beside the paper's numbers, the targets, every run."""
     means = arm_means(rows)
+    ts = sorted({int(r["iterations"]) for r in rows if "iterations" in r})
+    scaled = [t for t in ts if t < PAPER_T]
+    lines = _intro(rows, ts, scaled, command=command, machine=machine, wall_s=wall_s, quick=quick)
+    lines += _arm_table(
+        means,
+        "Algorithms on the paper profile (Table 2 and 3)",
+        ABLATIONS["algorithms on the paper profile (Table 2-3)"],
+        _PAPER_COLUMNS,
+    )
+    lines += [
+        "Paper: Table 2 gives AKAFL and AKAFL-R; Table 3 gives AKAFL-RJ as +0.85 points over "
+        "AKAFL-R (shown as 0.9801), about -80 % DevAccuracy, and 138 maintained models in 5000 "
+        "iterations. The paper gives no numbers for K-async and WKAFL, nor virtual times.",
+        "",
+    ]
+    lines += _arm_table(
+        means,
+        "Stale profile (N = 1000): remodel, staleness true vs nominal, K = 5 and 10",
+        _STALE_ARMS,
+        _STALE_COLUMNS,
+    )
+    lines += _arm_table(
+        means,
+        "Stragglers (fraction 0.1, slowdown 10): fixed K = 10 vs adaptive K",
+        ABLATIONS["fixed K = 10 vs adaptive K with stragglers (Fig. 6-7)"],
+        _STRAGGLER_COLUMNS,
+    )
+    lines += _targets_section(means, rows, scaled)
+    lines += _runs_section(rows, figures)
+    lines.append("")
+    return "\n".join(lines)
+
+
+def _intro(
+    rows: Sequence[Mapping[str, Any]],
+    ts: Sequence[int],
+    scaled: Sequence[int],
+    *,
+    command: str,
+    machine: str,
+    wall_s: float,
+    quick: bool,
+) -> list[str]:
+    """The report's title, how it was made, what the numbers mean; unfinished runs and a reduced
+    T (``ts``: the runs' T, ``scaled``: those below the paper's) are stated up front."""
     lines = ["# AKAFL-RJ reproduction", ""]
     lines += [
         f"Command: `{command}`. Machine: {machine}. Wall time {wall_s / 60:.1f} min.",
@@ -640,8 +746,6 @@ def format_table(
             "use the finished runs only.",
             "",
         ]
-    ts = sorted({int(r["iterations"]) for r in rows if "iterations" in r})
-    scaled = [t for t in ts if t < PAPER_T]
     lines += [
         "Numbers are mean ± standard deviation over the finished seeds. **acc last W** is the mean "
         "test accuracy (10,000 test images unless the run's eval.max_samples says less) over the "
@@ -664,84 +768,43 @@ def format_table(
             ),
             "",
         ]
+    return lines
 
-    def block(title: str, arms: Sequence[str], cols: Sequence[tuple[str, str, int]]) -> None:
-        lines.extend([f"## {title}", ""])
-        head = ["configuration", "seeds", *[c[0] for c in cols]]
-        lines.append("| " + " | ".join(head) + " |")
-        lines.append("|" + "---|" * len(head))
-        for arm in arms:
-            if arm not in means:
-                continue
-            m = means[arm]
-            cells = [arm, f"{m['seeds']}/{m['planned']}"]
-            for _, key, digits in cols:
-                if key.startswith("paper:"):
-                    v = PAPER.get(arm, {}).get(key[6:])
-                    cells.append("-" if v is None else f"{v:.{digits}f}")
-                else:
-                    cells.append(_fmt(m[key], digits))
-            lines.append("| " + " | ".join(cells) + " |")
-        lines.append("")
 
-    block(
-        "Algorithms on the paper profile (Table 2 and 3)",
-        ABLATIONS["algorithms on the paper profile (Table 2-3)"],
-        [
-            ("T", "iterations", 0),
-            ("acc last W1", "acc_w1", 4),
-            ("paper last 1000", "paper:acc_w1", 4),
-            ("acc last W2", "acc_w2", 4),
-            ("paper last 500", "paper:acc_w2", 4),
-            ("DevAccuracy W1", "dev_w1", 5),
-            ("maintained", "maintained", 1),
-            ("paper maintained", "paper:maintained", 0),
-            ("virtual time", "virtual_time", 0),
-            ("mean K", "mean_k", 2),
-            ("dominance", "dominance", 3),
-        ],
-    )
-    lines += [
-        "Paper: Table 2 gives AKAFL and AKAFL-R; Table 3 gives AKAFL-RJ as +0.85 points over "
-        "AKAFL-R (shown as 0.9801), about -80 % DevAccuracy, and 138 maintained models in 5000 "
-        "iterations. The paper gives no numbers for K-async and WKAFL, nor virtual times.",
-        "",
-    ]
-    block(
-        "Stale profile (N = 1000): remodel, staleness true vs nominal, K = 5 and 10",
-        (
-            "stale-akafl",
-            "stale-akafl-r",
-            "stale-nominal-akafl",
-            "stale-nominal-akafl-r",
-            "stale-akafl-k5",
-            "stale-akafl-r-k5",
-        ),
-        [
-            ("T", "iterations", 0),
-            ("acc last W1", "acc_w1", 4),
-            ("acc last W2", "acc_w2", 4),
-            ("DevAccuracy W1", "dev_w1", 5),
-            ("mean staleness", "mean_staleness", 1),
-            ("dominance", "dominance", 3),
-            ("mean lr", "mean_lr", 4),
-            ("remodels", "remodels", 0),
-            ("virtual time", "virtual_time", 0),
-        ],
-    )
-    block(
-        "Stragglers (fraction 0.1, slowdown 10): fixed K = 10 vs adaptive K",
-        ABLATIONS["fixed K = 10 vs adaptive K with stragglers (Fig. 6-7)"],
-        [
-            ("T", "iterations", 0),
-            ("virtual time", "virtual_time", 1),
-            ("mean K", "mean_k", 2),
-            ("final K", "final_k", 1),
-            ("final accuracy", "final_accuracy", 4),
-            ("acc last W1", "acc_w1", 4),
-        ],
-    )
-    lines += ["## Targets (issue 3)", ""]
+def _arm_table(
+    means: Mapping[str, Mapping[str, Any]],
+    title: str,
+    arms: Sequence[str],
+    cols: Sequence[_Column],
+) -> list[str]:
+    """One section: a markdown table of the arms that ran, with the paper's numbers beside."""
+    lines = [f"## {title}", ""]
+    head = ["configuration", "seeds", *[c[0] for c in cols]]
+    lines.append("| " + " | ".join(head) + " |")
+    lines.append("|" + "---|" * len(head))
+    for arm in arms:
+        if arm not in means:
+            continue
+        m = means[arm]
+        cells = [arm, f"{m['seeds']}/{m['planned']}"]
+        for _, key, digits in cols:
+            if key.startswith("paper:"):
+                v = PAPER.get(arm, {}).get(key[6:])
+                cells.append("-" if v is None else f"{v:.{digits}f}")
+            else:
+                cells.append(_fmt(m[key], digits))
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    return lines
+
+
+def _targets_section(
+    means: Mapping[str, Mapping[str, Any]],
+    rows: Sequence[Mapping[str, Any]],
+    scaled: Sequence[int],
+) -> list[str]:
+    """The issue's targets, each PASS, MISS or n/a; indicative only below 3 seeds."""
+    lines = ["## Targets (issue 3)", ""]
     seeds = max((m["seeds"] for m in means.values()), default=0)
     if seeds < 3:
         lines += [
@@ -752,7 +815,12 @@ def format_table(
         ]
     for target, verdict_, numbers in targets(means, rows):
         lines.append(f"- **{verdict_}** {target}: {numbers}.")
-    lines += [
+    return lines
+
+
+def _runs_section(rows: Sequence[Mapping[str, Any]], figures: Sequence[str]) -> list[str]:
+    """Every run: status, iterations done, wall time, the first line of its error; the figures."""
+    lines = [
         "",
         "## Runs",
         "",
@@ -771,8 +839,7 @@ def format_table(
     if figures:
         lines += ["", "## Figures", ""]
         lines += [f"![{Path(f).stem}]({Path(f).name})" for f in figures]
-    lines.append("")
-    return "\n".join(lines)
+    return lines
 
 
 # --- figures ----------------------------------------------------------------------------------
@@ -796,73 +863,65 @@ def make_figures(rows: Sequence[Mapping[str, Any]], out: Path) -> list[Path]:
 
     A figure whose runs did not finish is skipped.
     """
-    from rayfl.plots import compare_histograms, compare_runs
-
     first: dict[str, str] = {}
     for r in rows:
         if r["status"] == "finished" and r["arm"] not in first:
             first[r["arm"]] = r["folder"]
+    titles = dict(FIGURES)
+    written: list[Path] = []
+    for name, arms, draw in _figure_recipes():
+        dirs = [first[a] for a in arms if a in first]
+        if len(dirs) == len(arms):
+            written.append(draw(dirs, out / name, title=titles[name]))
+    return written
 
-    def runs(*arms: str) -> list[str] | None:
-        found = [first[a] for a in arms if a in first]
-        return found if len(found) == len(arms) else None
+
+def _figure_recipes() -> list[tuple[str, Sequence[str], Callable[..., Path]]]:
+    """(file name, arms, draw(run dirs, path, title=...)) of every figure, in FIGURES' order."""
+    from rayfl.plots import compare_histograms, compare_runs
 
     k_arms = ("stale-akafl-k5", "stale-akafl", "stale-akafl-r-k5", "stale-akafl-r")
     strag = ("stragglers-fixed-k10", "stragglers-adaptive-k")
-    written: list[Path] = []
-
-    def draw(name: str, arms: Sequence[str], fn: Any, **kwargs: Any) -> None:
-        dirs = runs(*arms)
-        if dirs is not None:
-            written.append(fn(dirs, out / name, **kwargs))
-
-    titles = dict(FIGURES)
-    draw(
-        "fig6_time_per_iteration.png",
-        strag,
-        compare_runs,
-        metric="sys/virtual_time",
-        diff=True,
-        title=titles["fig6_time_per_iteration.png"],
-    )
-    draw("fig7_k.png", strag, compare_runs, metric="agg/k", title=titles["fig7_k.png"])
-    draw(
-        "fig8_staleness.png",
-        k_arms,
-        compare_runs,
-        metric="agg/staleness_mean",
-        title=titles["fig8_staleness.png"],
-    )
-    draw(
-        "fig9_dominance.png",
-        k_arms,
-        compare_histograms,
-        metric="agg/max_weight",
-        threshold=DOMINANCE_THRESHOLD,
-        log_x=False,
-        title=titles["fig9_dominance.png"],
-    )
-    draw("fig10_lr.png", k_arms, compare_histograms, metric="agg/lr", title=titles["fig10_lr.png"])
-    for name, arms in (
-        ("fig11_akafl_vs_akafl_r.png", ("paper-akafl", "paper-akafl-r")),
-        ("fig12_akafl_r_vs_akafl_rj.png", ("paper-akafl-r", "paper-akafl-rj")),
-    ):
-        dirs = runs(*arms)
-        if dirs is not None:
-            written.append(_accuracy_dev_figure(dirs, out / name, titles[name]))
-    draw(
-        "paper_accuracy.png",
-        ABLATIONS["algorithms on the paper profile (Table 2-3)"],
-        compare_runs,
-        title=titles["paper_accuracy.png"],
-    )
-    draw(
-        "stale_accuracy.png",
-        ("stale-akafl", "stale-akafl-r", "stale-nominal-akafl", "stale-nominal-akafl-r"),
-        compare_runs,
-        title=titles["stale_accuracy.png"],
-    )
-    return written
+    return [
+        (
+            "fig6_time_per_iteration.png",
+            strag,
+            functools.partial(compare_runs, metric="sys/virtual_time", diff=True),
+        ),
+        ("fig7_k.png", strag, functools.partial(compare_runs, metric="agg/k")),
+        (
+            "fig8_staleness.png",
+            k_arms,
+            functools.partial(compare_runs, metric="agg/staleness_mean"),
+        ),
+        (
+            "fig9_dominance.png",
+            k_arms,
+            functools.partial(
+                compare_histograms,
+                metric="agg/max_weight",
+                threshold=DOMINANCE_THRESHOLD,
+                log_x=False,
+            ),
+        ),
+        ("fig10_lr.png", k_arms, functools.partial(compare_histograms, metric="agg/lr")),
+        ("fig11_akafl_vs_akafl_r.png", ("paper-akafl", "paper-akafl-r"), _accuracy_dev_figure),
+        (
+            "fig12_akafl_r_vs_akafl_rj.png",
+            ("paper-akafl-r", "paper-akafl-rj"),
+            _accuracy_dev_figure,
+        ),
+        (
+            "paper_accuracy.png",
+            ABLATIONS["algorithms on the paper profile (Table 2-3)"],
+            compare_runs,
+        ),
+        (
+            "stale_accuracy.png",
+            ("stale-akafl", "stale-akafl-r", "stale-nominal-akafl", "stale-nominal-akafl-r"),
+            compare_runs,
+        ),
+    ]
 
 
 def _accuracy_dev_figure(run_dirs: Sequence[str], path: Path, title: str) -> Path:
@@ -911,26 +970,14 @@ def reproduce(
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    command = "rayfl reproduce akafl" + (" --quick" if quick else "")
-    if seeds is not None:
-        command += f" --seeds {seeds}"
-    if only:
-        command += f" --only {','.join(only)}"
-    if isinstance(iterations, int):
-        command += f" --iterations {iterations}"
-    elif iterations:
-        command += f" (iterations per group: {dict(iterations)})"
+    command = _command_line(quick, seeds, iterations, only)
     started_ray = ensure_ray(address)
     outcomes: dict[str, dict[str, Any]] = {}
     machine = "unknown"
     try:
         import ray
 
-        resources = ray.cluster_resources()
-        machine = (
-            f"{platform.machine()}, {os.cpu_count()} CPU cores on this host; Ray cluster "
-            f"{resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs"
-        )
+        machine = machine_description(ray.cluster_resources())
         outcomes = run_plan(specs, output / "runs", progress=progress)
     finally:
         if started_ray:
@@ -956,6 +1003,25 @@ def reproduce(
             )
         )
     return path
+
+
+def _command_line(
+    quick: bool,
+    seeds: int | None,
+    iterations: int | Mapping[str, int] | None,
+    only: Sequence[str] | None,
+) -> str:
+    """The ``rayfl reproduce akafl`` command that asks for this reproduction, for the report."""
+    command = "rayfl reproduce akafl" + (" --quick" if quick else "")
+    if seeds is not None:
+        command += f" --seeds {seeds}"
+    if only:
+        command += f" --only {','.join(only)}"
+    if isinstance(iterations, int):
+        command += f" --iterations {iterations}"
+    elif iterations:
+        command += f" (iterations per group: {dict(iterations)})"
+    return command
 
 
 def _write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import math
 import os
-import platform
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from rayfl.config import load_config
+from rayfl.reproduce import machine_description
 from rayfl.rounds.driver import rounds_to
 
 SELECTORS = ("random", "pow-d", "incentive")
@@ -52,25 +52,13 @@ def reproduce(
 ) -> Path:
     """Runs experiments A and B into ``output`` and returns the path of ``incentive.md``;
     ``iterations`` sets experiment A's number of rounds (default 60, quick 6)."""
-    from rayfl.server.driver import ensure_ray
-
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     n_seeds = seeds if seeds is not None else (2 if quick else 15)
     rounds = iterations if iterations is not None else (6 if quick else 60)
     repetitions = 20 if quick else 500
     started = time.perf_counter()
-    started_ray = ensure_ray(address)
-    try:
-        import ray
-
-        resources = ray.cluster_resources()
-        runs = run_experiment_a(output / "runs", n_seeds, rounds, progress=progress)
-    finally:
-        if started_ray:
-            import ray
-
-            ray.shutdown()
+    runs, resources = _experiment_a_on_ray(output, n_seeds, rounds, address, progress)
     wall_a = time.perf_counter() - started
     _write_runs_csv(output / "experiment_a_runs.csv", runs)
     table_a = format_experiment_a(runs, rounds)
@@ -86,18 +74,64 @@ def reproduce(
 
     (output / "experiment_a.md").write_text(table_a + "\n")
     (output / "experiment_b.md").write_text(table_b + "\n")
-    machine = (
-        f"{platform.machine()}, {os.cpu_count()} CPU cores on this host; Ray cluster "
-        f"{resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs"
+    command = (
+        f"rayfl reproduce incentive{' --quick' if quick else ''}"
+        f"{f' --seeds {seeds}' if seeds is not None else ''}"
+        f"{f' --iterations {iterations}' if iterations is not None else ''}"
     )
+    timing = (
+        f"Experiment A: {rounds} rounds x {n_seeds} seeds x 3 selectors in "
+        f"{wall_a / 60:.1f} min; experiment B: {repetitions} repetitions per |C| in {wall_b:.1f} s."
+    )
+    path = output / "incentive.md"
+    path.write_text(
+        _report(
+            command,
+            machine_description(resources),
+            timing,
+            table_a,
+            table_b,
+            targets(runs, results_b["default"]),
+        )
+    )
+    return path
+
+
+def _experiment_a_on_ray(
+    output: Path, n_seeds: int, rounds: int, address: str | None, progress: bool | None
+) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    """Experiment A's runs (under ``output / "runs"``) and the Ray cluster's resources; Ray is
+    started if none runs at ``address``, and then shut down again."""
+    from rayfl.server.driver import ensure_ray
+
+    started_ray = ensure_ray(address)
+    try:
+        import ray
+
+        resources = ray.cluster_resources()
+        runs = run_experiment_a(output / "runs", n_seeds, rounds, progress=progress)
+    finally:
+        if started_ray:
+            import ray
+
+            ray.shutdown()
+    return runs, resources
+
+
+def _report(
+    command: str,
+    machine: str,
+    timing: str,
+    table_a: str,
+    table_b: str,
+    target_lines: Sequence[str],
+) -> str:
+    """``incentive.md``: how it was made, both experiments' tables and figures, the targets."""
     lines = [
         "# Incentive mechanism: experiments A and B",
         "",
-        f"`rayfl reproduce incentive{' --quick' if quick else ''}"
-        f"{f' --seeds {seeds}' if seeds is not None else ''}"
-        f"{f' --iterations {iterations}' if iterations is not None else ''}`; machine: {machine}.",
-        f"Experiment A: {rounds} rounds x {n_seeds} seeds x 3 selectors in "
-        f"{wall_a / 60:.1f} min; experiment B: {repetitions} repetitions per |C| in {wall_b:.1f} s.",
+        f"`{command}`; machine: {machine}.",
+        timing,
         "Setting: presets `random`, `pow-d`, `incentive` (MNIST, `paper` partition: 100 clients "
         "with 1-2 classes and 20-200 samples each; MLP 784-200-10; M = 10 per round; E = 1, "
         "B = 32, lr 0.05).",
@@ -116,12 +150,10 @@ def reproduce(
         "",
         "## Targets (issue 4)",
         "",
-        *targets(runs, results_b["default"]),
+        *target_lines,
         "",
     ]
-    path = output / "incentive.md"
-    path.write_text("\n".join(lines))
-    return path
+    return "\n".join(lines)
 
 
 # --- experiment A ------------------------------------------------------------------------------
