@@ -27,6 +27,8 @@ import dataclasses
 import json
 import math
 import os
+import shutil
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -131,6 +133,37 @@ def load_search(
     Raises:
         ConfigError: one line naming the field (``search.<path>``, ``metric``, ...) and the fix.
     """
+    raw, where = _read_search(source)
+    for key in raw:
+        if key not in SEARCH_KEYS:
+            raise ConfigError(
+                f"unknown key {key!r} in {where}: valid keys are {', '.join(SEARCH_KEYS)}"
+            )
+    if "base" not in raw:
+        raise ConfigError(f"{where} has no 'base': name the preset or YAML the search starts from")
+    base = _base_path(str(raw["base"]), source)
+    sets = raw.get("set") or []
+    if isinstance(sets, str) or not isinstance(sets, list):
+        raise ConfigError("set must be a list of key.path=value strings")
+    overrides_all = (*[str(s) for s in sets], *overrides)
+    base_cfg = load_config(base, overrides_all)  # validates the base and the overrides
+    search = raw.get("search") or {}
+    if not isinstance(search, dict) or not search:
+        raise ConfigError(
+            "search must map config paths to distributions, e.g. aggregation.k: {choice: [5, 10]}"
+        )
+    params = tuple(_parse_param(str(path), spec) for path, spec in search.items())
+    kwargs = _search_options(raw)
+    metric = raw.get("metric", "accuracy_last")
+    spec = SearchSpec(
+        base=base, overrides=tuple(overrides_all), params=params, metric=metric, **kwargs
+    )
+    _validate(spec, base_cfg)
+    return spec
+
+
+def _read_search(source: str | os.PathLike | Mapping[str, Any]) -> tuple[dict[str, Any], str]:
+    """The search spec as a dict, and what to call it in messages (the file, or "search spec")."""
     if isinstance(source, Mapping):
         raw = dict(source)
         where = "search spec"
@@ -148,14 +181,11 @@ def load_search(
             raise ConfigError(f"{source} is not valid YAML: fix the syntax") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{where} must be a mapping with base:, search:, metric: ...")
-    for key in raw:
-        if key not in SEARCH_KEYS:
-            raise ConfigError(
-                f"unknown key {key!r} in {where}: valid keys are {', '.join(SEARCH_KEYS)}"
-            )
-    if "base" not in raw:
-        raise ConfigError(f"{where} has no 'base': name the preset or YAML the search starts from")
-    base = str(raw["base"])
+    return raw, where
+
+
+def _base_path(base: str, source: str | os.PathLike | Mapping[str, Any]) -> str:
+    """``base`` as given, or a relative YAML path resolved beside the search file if it is there."""
     if (
         not isinstance(source, Mapping)
         and base.endswith((".yaml", ".yml"))
@@ -163,18 +193,12 @@ def load_search(
     ):
         candidate = Path(source).parent / base
         if candidate.exists():
-            base = str(candidate)
-    sets = raw.get("set") or []
-    if isinstance(sets, str) or not isinstance(sets, list):
-        raise ConfigError("set must be a list of key.path=value strings")
-    overrides_all = (*[str(s) for s in sets], *overrides)
-    base_cfg = load_config(base, overrides_all)  # validates the base and the overrides
-    search = raw.get("search") or {}
-    if not isinstance(search, dict) or not search:
-        raise ConfigError(
-            "search must map config paths to distributions, e.g. aggregation.k: {choice: [5, 10]}"
-        )
-    params = tuple(_parse_param(str(path), spec) for path, spec in search.items())
+            return str(candidate)
+    return base
+
+
+def _search_options(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """The :class:`SearchSpec` fields the search file sets, besides base, params and metric."""
     kwargs: dict[str, Any] = {}
     for key in (
         "mode",
@@ -195,12 +219,7 @@ def load_search(
         kwargs["storage_path"] = str(raw["storage_path"])
     if "scheduler" in raw:
         kwargs["scheduler"] = _parse_scheduler(raw["scheduler"])
-    metric = raw.get("metric", "accuracy_last")
-    spec = SearchSpec(
-        base=base, overrides=tuple(overrides_all), params=params, metric=metric, **kwargs
-    )
-    _validate(spec, base_cfg)
-    return spec
+    return kwargs
 
 
 def _parse_param(path: str, spec: Any) -> Param:
@@ -411,30 +430,22 @@ def _trainable(config: dict[str, Any], spec: SearchSpec | None = None, dataset: 
     checkpoint; a restored trial (``Tuner.restore``, or a retry after a failure) resumes the
     run from it instead of starting over.
     """
-    import shutil
-    import tempfile
-
     from ray.tune import Checkpoint
 
-    from rayfl.metrics import CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, UPDATES_FILE
     from rayfl.server.driver import run
 
     assert spec is not None
     started_at = time.time()
     cfg = spec.trial_config(config)
     rows: list[dict[str, Any]] = []
-    from rayfl.rounds.driver import ROUNDS_FILE
-
-    files = (CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, UPDATES_FILE, ROUNDS_FILE)  # sync: rounds
+    files = _checkpoint_files()
     trial_dir = Path(ray_tune.get_context().get_trial_dir())
     run_dir = trial_dir / "run"
     pending: list[Path] = []  # a copy of the newest engine checkpoint, not yet reported
 
     def on_checkpoint(path: Path) -> None:
         snapshot = Path(tempfile.mkdtemp(prefix="rayfl-ckpt-"))
-        for name in files:
-            if (path / name).is_file():
-                shutil.copy2(path / name, snapshot / name)
+        _copy_files(path, snapshot, files)
         for old in pending:
             shutil.rmtree(old, ignore_errors=True)
         pending[:] = [snapshot]
@@ -454,19 +465,7 @@ def _trainable(config: dict[str, Any], spec: SearchSpec | None = None, dataset: 
     resume = None
     restored = ray_tune.get_checkpoint()
     if restored is not None:
-        shutil.rmtree(run_dir, ignore_errors=True)
-        run_dir.mkdir(parents=True)
-        with restored.as_directory() as d:
-            for name in files:
-                if (Path(d) / name).is_file():
-                    shutil.copy2(Path(d) / name, run_dir / name)
-        resume = run_dir
-        from rayfl.metrics import RunLog
-        from rayfl.server.driver import read_checkpoint
-
-        log = RunLog(run_dir)
-        log.load(before_iteration=read_checkpoint(run_dir)["t"])
-        rows.extend(log.rows())
+        resume = _restore_run(restored, run_dir, files, rows)
     elif run_dir.exists():
         shutil.rmtree(run_dir)  # a retried trial without a checkpoint starts over
     run(
@@ -478,6 +477,39 @@ def _trainable(config: dict[str, Any], spec: SearchSpec | None = None, dataset: 
         callback=on_chunk,
         on_checkpoint=on_checkpoint,
     )
+
+
+def _checkpoint_files() -> tuple[str, ...]:
+    """The files of a run folder that a checkpoint of the run needs."""
+    from rayfl.metrics import CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, UPDATES_FILE
+    from rayfl.rounds.driver import ROUNDS_FILE
+
+    return (CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, UPDATES_FILE, ROUNDS_FILE)  # sync: rounds
+
+
+def _copy_files(src: Path, dst: Path, names: Sequence[str]) -> None:
+    """Copies the files ``names`` that ``src`` holds into ``dst``."""
+    for name in names:
+        if (src / name).is_file():
+            shutil.copy2(src / name, dst / name)
+
+
+def _restore_run(
+    restored: Any, run_dir: Path, files: Sequence[str], rows: list[dict[str, Any]]
+) -> Path:
+    """Puts a Tune checkpoint's run files into a fresh ``run_dir`` and the metric rows logged
+    before the checkpoint into ``rows``; returns ``run_dir``, the run to resume."""
+    from rayfl.metrics import RunLog
+    from rayfl.server.driver import read_checkpoint
+
+    shutil.rmtree(run_dir, ignore_errors=True)
+    run_dir.mkdir(parents=True)
+    with restored.as_directory() as d:
+        _copy_files(Path(d), run_dir, files)
+    log = RunLog(run_dir)
+    log.load(before_iteration=read_checkpoint(run_dir)["t"])
+    rows.extend(log.rows())
+    return run_dir
 
 
 # --- running a search -------------------------------------------------------------------------
@@ -509,9 +541,6 @@ def tune(
 
     Starts Ray only if none is running and never shuts down a Ray it did not start.
     """
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-    from ray.tune.search.basic_variant import BasicVariantGenerator
-
     from rayfl.server.driver import ensure_ray, share_dataset
 
     spec = load_search(source, overrides)
@@ -538,51 +567,71 @@ def tune(
                 exp_path, trainable=trainable, resume_unfinished=True, resume_errored=True
             )
         else:
-            evals = max(1, math.ceil(base.iterations / base.eval.every))
-            if spec.scheduler["name"] == "asha":
-                scheduler: Any = ASHAScheduler(
-                    time_attr="training_iteration",
-                    max_t=evals,
-                    grace_period=min(spec.scheduler.get("grace_period", 1), evals),
-                    reduction_factor=spec.scheduler.get("reduction_factor", 2),
-                )
-            else:
-                scheduler = FIFOScheduler()
-            if spec.search_alg == "optuna":
-                try:
-                    from ray.tune.search.optuna import OptunaSearch
-
-                    search_alg: Any = OptunaSearch(seed=spec.seed)
-                except (ImportError, AssertionError):
-                    raise ConfigError(
-                        "search_alg optuna needs Optuna: pip install 'rayfl[optuna]'"
-                    ) from None
-            else:
-                search_alg = BasicVariantGenerator(random_state=spec.seed)
-            tuner = ray_tune.Tuner(
-                trainable,
-                param_space=param_space(spec),
-                tune_config=ray_tune.TuneConfig(
-                    metric="objective",
-                    mode=spec.mode,
-                    num_samples=spec.num_samples,
-                    max_concurrent_trials=spec.max_concurrent_trials or None,
-                    scheduler=scheduler,
-                    search_alg=search_alg,
-                ),
-                run_config=ray_tune.RunConfig(
-                    name=spec.name,
-                    storage_path=root,
-                    verbose=verbose,
-                    # A trial whose run fails (a lost node) is retried from its checkpoint.
-                    failure_config=ray_tune.FailureConfig(max_failures=TRIAL_RETRIES),
-                ),
-            )
+            tuner = _new_tuner(spec, base, trainable, root, verbose)
         results = tuner.fit()
         return _write_outputs(spec, results, exp_path)
     finally:
         if started:
             ray.shutdown()
+
+
+def _new_tuner(
+    spec: SearchSpec, base: ExperimentConfig, trainable: Any, root: str, verbose: int
+) -> ray_tune.Tuner:
+    """A fresh search of ``spec`` under ``root``: its scheduler and search algorithm over its
+    param space; a failed trial is retried from its checkpoint."""
+    scheduler = _scheduler(spec, base)
+    search_alg = _search_alg(spec)
+    return ray_tune.Tuner(
+        trainable,
+        param_space=param_space(spec),
+        tune_config=ray_tune.TuneConfig(
+            metric="objective",
+            mode=spec.mode,
+            num_samples=spec.num_samples,
+            max_concurrent_trials=spec.max_concurrent_trials or None,
+            scheduler=scheduler,
+            search_alg=search_alg,
+        ),
+        run_config=ray_tune.RunConfig(
+            name=spec.name,
+            storage_path=root,
+            verbose=verbose,
+            # A trial whose run fails (a lost node) is retried from its checkpoint.
+            failure_config=ray_tune.FailureConfig(max_failures=TRIAL_RETRIES),
+        ),
+    )
+
+
+def _scheduler(spec: SearchSpec, base: ExperimentConfig) -> Any:
+    """ASHA over the trial's evaluations (its ``training_iteration``s), or FIFO."""
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    evals = max(1, math.ceil(base.iterations / base.eval.every))
+    if spec.scheduler["name"] == "asha":
+        return ASHAScheduler(
+            time_attr="training_iteration",
+            max_t=evals,
+            grace_period=min(spec.scheduler.get("grace_period", 1), evals),
+            reduction_factor=spec.scheduler.get("reduction_factor", 2),
+        )
+    return FIFOScheduler()
+
+
+def _search_alg(spec: SearchSpec) -> Any:
+    """Optuna's sampler, or Tune's random / grid variant generator, seeded by ``spec.seed``."""
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    if spec.search_alg == "optuna":
+        try:
+            from ray.tune.search.optuna import OptunaSearch
+
+            return OptunaSearch(seed=spec.seed)
+        except (ImportError, AssertionError):
+            raise ConfigError(
+                "search_alg optuna needs Optuna: pip install 'rayfl[optuna]'"
+            ) from None
+    return BasicVariantGenerator(random_state=spec.seed)
 
 
 def _write_outputs(spec: SearchSpec, results: Any, exp_path: str) -> TuneOutcome:
