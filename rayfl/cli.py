@@ -9,22 +9,24 @@
     rayfl plot RUN_DIR [--out DIR]
 
 User errors (bad config, missing data, unwritable folder) print one line and exit with 2; no
-traceback.
+traceback. An interrupt at any point prints one line and exits with 130 (Ctrl-C) or 143 (SIGTERM,
+which stops a run like Ctrl-C: a checkpoint that matches the metrics, and the resume command).
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from rayfl import interrupts
 from rayfl.errors import RayflError
 
 DEFAULT_PRESET = "akafl-rj"
 EXIT_USER_ERROR = 2
-EXIT_INTERRUPTED = 130
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -33,7 +35,31 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rayfl", description="Federated learning simulations on Ray.")
     p.add_argument("--version", action="version", version=f"rayfl {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    _add_run(sub)
+    _add_tune(sub)
+    _add_reproduce(sub)
 
+    cl = sub.add_parser("cluster", help="inspect the Ray cluster")
+    cl.add_argument("action", choices=["check"], help="check: nodes, GPUs and worker placement")
+    cl.add_argument("config", nargs="?", default="akafl-rj", help="preset name or YAML path")
+    cl.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    cl.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or auto)")
+
+    sub.add_parser("presets", help="list the shipped presets")
+
+    pl = sub.add_parser("plot", help="draw a run folder's figures (PNG)")
+    pl.add_argument("run_dir", help="a folder written by `rayfl run`")
+    pl.add_argument("--out", help="output folder (default: RUN_DIR/plots)")
+    return p
+
+
+def _add_overrides(p: argparse.ArgumentParser, text: str) -> None:
+    p.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=text
+    )
+
+
+def _add_run(sub: Any) -> None:
     r = sub.add_parser("run", help="run an experiment from a preset or a YAML file")
     r.add_argument(
         "config",
@@ -41,14 +67,7 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="preset name (see `rayfl presets`) or YAML path (default: akafl-rj)",
     )
-    r.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config field, e.g. --set aggregation.k=5 (repeatable)",
-    )
+    _add_overrides(r, "override a config field, e.g. --set aggregation.k=5 (repeatable)")
     r.add_argument("--output", "-o", help="run folder (default: runs/<name>-<timestamp>)")
     r.add_argument(
         "--address", help="Ray cluster address to connect to (default: start a local Ray)"
@@ -60,20 +79,17 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--no-plot", action="store_true", help="do not draw the figures at the end")
     r.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
 
+
+def _add_tune(sub: Any) -> None:
     t = sub.add_parser("tune", help="search hyperparameters with Ray Tune (tune_configs/*.yaml)")
     t.add_argument("search", help="a search YAML, e.g. tune_configs/smoke.yaml")
-    t.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a field of the base experiment (repeatable)",
-    )
+    _add_overrides(t, "override a field of the base experiment (repeatable)")
     t.add_argument("--address", help="Ray cluster address to connect to")
     t.add_argument("--storage-path", help="where Tune writes (default: the YAML's storage_path)")
     t.add_argument("--resume", action="store_true", help="resume an interrupted search")
 
+
+def _add_reproduce(sub: Any) -> None:
     rp = sub.add_parser("reproduce", help="reproduce a paper's experiments (tables and figures)")
     rp.add_argument("name", help="akafl | incentive")
     rp.add_argument("--quick", action="store_true", help="a small version (minutes; used in CI)")
@@ -93,40 +109,89 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument("--address", help="Ray cluster address to connect to")
     rp.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
-    cl = sub.add_parser("cluster", help="inspect the Ray cluster")
-    cl.add_argument("action", choices=["check"], help="check: nodes, GPUs and worker placement")
-    cl.add_argument("config", nargs="?", default="akafl-rj", help="preset name or YAML path")
-    cl.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    cl.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or auto)")
-
-    sub.add_parser("presets", help="list the shipped presets")
-
-    pl = sub.add_parser("plot", help="draw a run folder's figures (PNG)")
-    pl.add_argument("run_dir", help="a folder written by `rayfl run`")
-    pl.add_argument("--out", help="output folder (default: RUN_DIR/plots)")
-    return p
-
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    """Runs one command; returns the exit code.
+
+    An interrupt at any point (start-up, the run, the figures) ends with one line on stderr and
+    exit 130 (Ctrl-C) or 143 (SIGTERM, which stops a run exactly like Ctrl-C: rayfl.interrupts).
+    """
+    restore = interrupts.install()
     try:
-        if args.command == "run":
-            return _run(args)
-        if args.command == "tune":
-            return _tune(args)
-        if args.command == "reproduce":
-            return _reproduce(args)
-        if args.command == "cluster":
-            return _cluster(args)
-        if args.command == "presets":
-            return _presets()
-        if args.command == "plot":
-            return _plot(args)
-        _parser().print_help()
-        return EXIT_USER_ERROR
+        return _command(argv)
+    except KeyboardInterrupt:
+        return _interrupted()
+    except SystemExit as e:
+        # Ray's own SIGTERM handler answers while ray.init runs (ensure_ray puts ours back after).
+        if e.code == signal.SIGTERM and interrupts.displaced():
+            return _interrupted(signum=signal.SIGTERM)
+        raise
+    finally:
+        restore()
+
+
+def _command(argv: Sequence[str] | None) -> int:
+    try:
+        args = _parser().parse_args(argv)
+        commands = {
+            "run": _run,
+            "tune": _tune,
+            "reproduce": _reproduce,
+            "cluster": _cluster,
+            "presets": lambda _: _presets(),
+            "plot": _plot,
+        }
+        if args.command not in commands:
+            _parser().print_help()
+            return EXIT_USER_ERROR
+        return commands[args.command](args)
     except RayflError as e:
         print(f"rayfl: error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
+
+
+def _interrupted(detail: str = "", signum: int | None = None) -> int:
+    """Prints the one line of an interrupted command; its exit code (130 Ctrl-C, 143 SIGTERM)."""
+    if signum is None:
+        name, code = interrupts.signal_name(), interrupts.exit_code()
+    else:
+        name, code = signal.Signals(signum).name, 128 + signum
+    # The newline ends the line that "^C" or the progress bar left on the terminal.
+    print(f"\nrayfl: interrupted ({name}){detail}", file=sys.stderr)
+    return code
+
+
+def _run_interrupted(where: str, finished: bool) -> int:
+    """The line for ``rayfl run``: how to resume, read from the summary.json the driver wrote."""
+    if finished:  # the figures were being drawn (or pushed to the storage)
+        return _interrupted(
+            f" after the run finished; results in {where} (draw the figures with: rayfl plot "
+            f"{where})"
+        )
+    summary = _read_summary(where)
+    if summary is None:  # stopped before the driver wrote one: nothing ran
+        return _interrupted(" before the run started")
+    if "resume" in summary:
+        return _interrupted(f"; resume with: {summary['resume']}")
+    if summary.get("status") in ("finished", "stopped"):  # --resume of a finished run
+        return _interrupted(f" before the run started; {where} is as it was")
+    return _interrupted(f"; no checkpoint yet, the results so far are in {where}")
+
+
+def _read_summary(where: str) -> dict[str, Any] | None:
+    """summary.json of a run folder or storage URI; None if absent or unreadable."""
+    import json
+
+    try:
+        if "://" not in where:
+            return json.loads((Path(where) / "summary.json").read_text())
+        import pyarrow.fs as pafs
+
+        fs, root = pafs.FileSystem.from_uri(where.rstrip("/"))
+        with fs.open_input_stream(f"{root}/summary.json") as f:
+            return json.loads(f.read())
+    except Exception:
+        return None
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -170,22 +235,26 @@ def _run(args: argparse.Namespace) -> int:
             progress=False if args.no_progress else None,
         )
     except KeyboardInterrupt:
-        resumable = "://" in run_dir or (Path(run_dir) / "checkpoint.pkl").is_file()
-        hint = f"; resume with: rayfl run --resume {run_dir}" if resumable else ""
-        print(f"\nrayfl: interrupted; the results so far are in {run_dir}{hint}", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    figures: list[Any] = []
-    if not args.no_plot:
-        from rayfl.plots import plot_run
-
-        figures = plot_run(result.run_dir)
+        return _run_interrupted(run_dir, finished=False)
     where = result.summary.get("storage", str(result.run_dir))
+    try:
+        n_figures = 0 if args.no_plot else _draw_figures(result, where)
+    except KeyboardInterrupt:
+        return _run_interrupted(where, finished=True)
+    print(format_summary(result.summary, where, n_figures))
+    return 0
+
+
+def _draw_figures(result: Any, where: str) -> int:
+    """Draws a finished run's figures (and copies them to its storage URI); how many."""
+    from rayfl.plots import plot_run
+
+    figures = plot_run(result.run_dir)
     if "storage" in result.summary and figures:
         from rayfl.storage import push_dir
 
         push_dir(result.run_dir, where)
-    print(format_summary(result.summary, where, len(figures)))
-    return 0
+    return len(figures)
 
 
 def format_summary(summary: dict[str, Any], run_dir: str, n_figures: int = 0) -> str:
@@ -231,8 +300,7 @@ def _tune(args: argparse.Namespace) -> int:
             storage_path=args.storage_path,
         )
     except KeyboardInterrupt:
-        print("\nrayfl: interrupted; resume with --resume", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return _interrupted("; resume with --resume")
     trials = outcome.trials
     cols = [c for c in trials.columns if c.startswith("config/")] + ["objective", "iteration"]
     top = trials.sort_values("objective", ascending=outcome.mode == "min").head(5)[cols]
@@ -241,6 +309,8 @@ def _tune(args: argparse.Namespace) -> int:
     print(top.to_string(index=False))
     print(f"\nresults:     {outcome.path}")
     print(f"best config: {outcome.path / 'best_config.yaml'}  (rayfl run it unchanged)")
+    if interrupts.received() is not None:  # Ray Tune stopped gracefully on SIGTERM, as on Ctrl-C
+        return _interrupted("; resume with --resume")
     return 0
 
 
@@ -272,8 +342,7 @@ def _reproduce(args: argparse.Namespace) -> int:
             **extra,
         )
     except KeyboardInterrupt:
-        print(f"\nrayfl: interrupted; the results so far are in {out}", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return _interrupted(f"; the results so far are in {out}")
     print(Path(table).read_text())
     print(f"results: {out}")
     return 0

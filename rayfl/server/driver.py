@@ -21,7 +21,7 @@ import pyarrow as pa
 import ray
 import torch
 
-from rayfl import __version__
+from rayfl import __version__, interrupts
 from rayfl.clients.worker import SharedData
 from rayfl.config import ExperimentConfig, dump_config, load_config
 from rayfl.data import Dataset, Partition, load_dataset, partition
@@ -118,6 +118,7 @@ def ensure_ray(address: str | None = None) -> bool:
     if address is None and not os.environ.get("RAY_ADDRESS"):
         kwargs["include_dashboard"] = False
     ray.init(address=address, **kwargs)
+    interrupts.reinstall()  # ray.init replaced the CLI's SIGTERM handler with Ray's own
     return True
 
 
