@@ -17,7 +17,7 @@ from rayfl.aggregation import build_rules, final_direction, start_step
 from rayfl.config import ExperimentConfig
 from rayfl.data import load_dataset, partition
 from rayfl.models import build_model, get_flat
-from rayfl.server.clock import SpeedModel
+from rayfl.speed import SpeedModel
 from rayfl.training import UpdateComputer
 
 

@@ -28,16 +28,16 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from rayfl.server.driver import RunResult, run
+    from rayfl.api import RunResult, run
     from rayfl.tuning import tune
 
 
 def __getattr__(name: str) -> Any:
     # Imported lazily: `rayfl.run` pulls in Ray and torch, `rayfl presets` should not.
     if name in ("run", "RunResult"):
-        from rayfl.server import driver
+        from rayfl import api
 
-        return getattr(driver, name)
+        return getattr(api, name)
     if name == "tune":
         from rayfl.tuning import tune
 

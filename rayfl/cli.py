@@ -203,7 +203,7 @@ def _run(args: argparse.Namespace) -> int:
                 "--resume continues the run folder's own config: drop the config and --output "
                 "arguments (use --set to change e.g. iterations)"
             )
-        from rayfl.server.driver import read_checkpoint
+        from rayfl.runtime.checkpoint import read_checkpoint
         from rayfl.storage import is_uri
 
         run_dir = args.resume
@@ -220,7 +220,8 @@ def _run(args: argparse.Namespace) -> int:
         assert cfg is not None
         print(dump_config(cfg), end="")
         return 0
-    from rayfl.server.driver import default_run_dir, run
+    from rayfl.api import run
+    from rayfl.runtime.folder import default_run_dir
 
     if args.resume is None:
         assert cfg is not None

@@ -432,7 +432,7 @@ def _trainable(config: dict[str, Any], spec: SearchSpec | None = None, dataset: 
     """
     from ray.tune import Checkpoint
 
-    from rayfl.server.driver import run
+    from rayfl.api import run
 
     assert spec is not None
     started_at = time.time()
@@ -482,7 +482,7 @@ def _trainable(config: dict[str, Any], spec: SearchSpec | None = None, dataset: 
 def _checkpoint_files() -> tuple[str, ...]:
     """The files of a run folder that a checkpoint of the run needs."""
     from rayfl.metrics import CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, UPDATES_FILE
-    from rayfl.rounds.driver import ROUNDS_FILE
+    from rayfl.rounds.records import ROUNDS_FILE
 
     return (CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, UPDATES_FILE, ROUNDS_FILE)  # sync: rounds
 
@@ -500,7 +500,7 @@ def _restore_run(
     """Puts a Tune checkpoint's run files into a fresh ``run_dir`` and the metric rows logged
     before the checkpoint into ``rows``; returns ``run_dir``, the run to resume."""
     from rayfl.metrics import RunLog
-    from rayfl.server.driver import read_checkpoint
+    from rayfl.runtime.checkpoint import read_checkpoint
 
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
@@ -541,7 +541,8 @@ def tune(
 
     Starts Ray only if none is running and never shuts down a Ray it did not start.
     """
-    from rayfl.server.driver import ensure_ray, share_dataset
+    from rayfl.runtime.data import share_dataset
+    from rayfl.runtime.session import ensure_ray
 
     spec = load_search(source, overrides)
     if storage_path is not None:

@@ -8,7 +8,8 @@ import pyarrow.parquet as pq
 import rayfl
 from rayfl.clients.worker import make_pool, pool_size
 from rayfl.config import load_config
-from rayfl.server.clock import SpeedModel
+from rayfl.runtime.data import load_data, put_data
+from rayfl.speed import SpeedModel
 
 TINY_CNN = [
     "model.name=paper_cnn",
@@ -117,7 +118,7 @@ def test_fractional_gpus_pack_four_workers_per_gpu(ray_session, tmp_path):
     five = load_config(
         "tiny", ["client.num_gpus=0.25", "client.num_cpus=0.25", "client.num_workers=5"]
     )
-    data = rayfl.server.driver.share_data(five)
+    data = put_data(*load_data(five))
     workers = make_pool(five, max_concurrency=4)
     try:
         refs = [w.attach.remote(data) for w in workers]

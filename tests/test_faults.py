@@ -14,8 +14,8 @@ import rayfl
 from rayfl.clients.worker import corrupt
 from rayfl.config import FAULT_KINDS, load_config
 from rayfl.errors import ConfigError
-from rayfl.server.loop import check_update
-from rayfl.server.types import Update
+from rayfl.server.aggregate import check_update
+from rayfl.types import Update
 
 
 def _update(vector: np.ndarray, loss: float = 0.5) -> Update:

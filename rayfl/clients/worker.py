@@ -21,14 +21,14 @@ import numpy as np
 import ray
 import torch
 
+from rayfl.clients.rounds import RoundClients, RoundUpdate
 from rayfl.config import ExperimentConfig
 from rayfl.errors import ConfigError
 from rayfl.heap import HeapTrimmer
 from rayfl.models import build_model
-from rayfl.rounds.client import RoundClients, RoundUpdate
 from rayfl.selection import Bid, LossReport, Offer, Response
-from rayfl.server.types import Job, Update
 from rayfl.training import UpdateComputer
+from rayfl.types import Job, Update
 
 
 class NotAttachedError(RuntimeError):

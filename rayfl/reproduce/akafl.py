@@ -374,7 +374,7 @@ def run_plan(
     import ray
     from tqdm.auto import tqdm
 
-    from rayfl.server.driver import share_dataset
+    from rayfl.runtime.data import share_dataset
 
     root.mkdir(parents=True, exist_ok=True)
     todo = [s for s in specs if not _finished(root / s.folder, s)]
@@ -964,7 +964,7 @@ def reproduce(
     """Runs the plan into ``output`` and writes ``table.md`` (returned), ``runs.csv`` and the
     figures; ``iterations`` shortens the runs (an int, or ``{group: T}``), ``only`` keeps the
     arms of some groups (see :func:`plan`)."""
-    from rayfl.server.driver import ensure_ray
+    from rayfl.runtime.session import ensure_ray
 
     specs = plan(quick=quick, seeds=seeds, iterations=iterations, groups=only)
     output = Path(output)

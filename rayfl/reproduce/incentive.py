@@ -3,7 +3,7 @@
 - **Experiment A** (paper Fig. 3 and Table 2): random vs pow-d vs incentive selection, 60 rounds,
   15 seeds, presets ``random``, ``pow-d`` and ``incentive`` (sync FedAvg; the setting is
   explained in ``rayfl/presets/random.yaml``). Every run is one Ray task driving
-  :func:`rayfl.rounds.run_rounds` with one client worker of its own; as many runs are in flight
+  :func:`rayfl.run` with one client worker of its own; as many runs are in flight
   as the cluster has room for workers (``client.num_cpus`` each), so the runs pack the cluster.
   Reported: t75 (rounds until the test accuracy first reaches 75 %) and the final accuracy, mean
   and standard deviation over seeds, and the accuracy-vs-round curves with a +-1 std band.
@@ -29,7 +29,7 @@ import numpy as np
 
 from rayfl.config import load_config
 from rayfl.reproduce import machine_description
-from rayfl.rounds.driver import rounds_to
+from rayfl.rounds.records import rounds_to
 
 SELECTORS = ("random", "pow-d", "incentive")
 PAPER_A: dict[str, tuple[float | None, float | None]] = {
@@ -102,7 +102,7 @@ def _experiment_a_on_ray(
 ) -> tuple[list[dict[str, Any]], dict[str, float]]:
     """Experiment A's runs (under ``output / "runs"``) and the Ray cluster's resources; Ray is
     started if none runs at ``address``, and then shut down again."""
-    from rayfl.server.driver import ensure_ray
+    from rayfl.runtime.session import ensure_ray
 
     started_ray = ensure_ray(address)
     try:
@@ -163,13 +163,13 @@ def _one_run(
     preset: str, seed: int, rounds: int, run_dir: str, dataset: Any, num_workers: int
 ) -> dict[str, Any]:
     """One experiment-A run (inside a Ray task): the round driver, then its headline numbers."""
-    from rayfl.rounds import run_rounds
+    from rayfl.api import run
 
     cfg = load_config(
         preset,
         [f"seed={seed}", f"iterations={rounds}", f"client.num_workers={num_workers}"],
     )
-    res = run_rounds(cfg, output=run_dir, progress=False, dataset=dataset)
+    res = run(cfg, output=run_dir, progress=False, dataset=dataset)
     metrics = res.metrics.to_pandas()
     acc = metrics["eval/accuracy"].to_numpy(dtype=float)
     return {
@@ -202,7 +202,7 @@ def run_experiment_a(
     import ray
     from tqdm.auto import tqdm
 
-    from rayfl.server.driver import share_dataset
+    from rayfl.runtime.data import share_dataset
 
     base = load_config(selectors[0])
     dataset = share_dataset(base)

@@ -36,11 +36,13 @@ import torch
 
 from rayfl import seeding
 from rayfl.clients.pool import WorkerPool
+from rayfl.clients.rounds import RoundUpdate
 from rayfl.clients.worker import SharedData
 from rayfl.config import ExperimentConfig
 from rayfl.errors import RayflError
-from rayfl.models import build_model, get_flat, set_flat
-from rayfl.rounds.client import RoundUpdate
+from rayfl.evaluation import Evaluator
+from rayfl.models import build_model, get_flat
+from rayfl.rounds.records import empty_record, incentive_record
 from rayfl.selection import (
     IncentiveRound,
     num_selected,
@@ -48,11 +50,7 @@ from rayfl.selection import (
     select_pow_d,
     select_random,
 )
-from rayfl.server.clock import SpeedModel
-from rayfl.server.loop import eval_subset
-from rayfl.training import Normalizer, evaluate
-
-SELECTORS = ("random", "pow-d", "incentive")
+from rayfl.speed import SpeedModel
 
 
 class RoundServer:
@@ -78,8 +76,10 @@ class RoundServer:
         )
         # actor calls per phase (one per worker per message round, re-runs not counted)
         self.calls: collections.Counter[str] = collections.Counter()
-        self.x_eval, self.y_eval = eval_subset(cfg, *ray.get([data.x_test, data.y_test]))
-        self.normalize = Normalizer(data.mean, data.std, torch.device("cpu"))
+        x_test, y_test = ray.get([data.x_test, data.y_test])
+        self.evaluator = Evaluator(
+            cfg, self.model, x_test, y_test, data.mean, data.std, torch.device("cpu")
+        )
         self.accuracy = [self._evaluate()[0]]  # acc(w(t)) for t = 0, 1, ... (NaN if not evaluated)
         self.gains: list[float] = []  # G(t) for t = 1, 2, ...
         self.started_at = time.perf_counter()
@@ -155,10 +155,7 @@ class RoundServer:
         return out
 
     def _evaluate(self) -> tuple[float, float]:
-        set_flat(self.model, self.w)
-        return evaluate(
-            self.model, self.x_eval, self.y_eval, self.normalize, self.cfg.eval.batch_size
-        )
+        return self.evaluator.evaluate(self.w)
 
     # --- one round ------------------------------------------------------------------------------
 
@@ -166,129 +163,21 @@ class RoundServer:
         """Runs round t; returns (metrics row, rounds.parquet record, updates rows)."""
         cfg, t = self.cfg, self.t
         started = time.perf_counter()
-        n = self.sizes.size
-        m = num_selected(cfg.selection.k_fraction, n)
+        m = num_selected(cfg.selection.k_fraction, self.sizes.size)
         w_ref = ray.put(self.w)  # w(t), once in the object store for every worker
-        rng = seeding.rng(cfg.seed, seeding.SELECTION, t)
-        record: dict[str, Any] = _empty_record(t, cfg.selection.kind, m)
-
-        # --- select C(t) ---
-        payments = np.zeros(0)
-        incentive: IncentiveRound | None = None
-        if cfg.selection.kind == "random":
-            selected = select_random(np.arange(n), m, rng)
-        elif cfg.selection.kind == "pow-d":
-
-            def losses(ids: Sequence[int]) -> list[Any]:
-                return self._receive(
-                    "selection",
-                    ids,
-                    lambda w, part: w.round_losses.remote(part, t, w_ref),
-                    order=ids,
-                )
-
-            pow_d = select_pow_d(self.sizes, losses, cfg.selection.d, m, rng)
-            selected = pow_d.selected
-            record["candidates"] = pow_d.candidates.tolist()
-            record["candidate_losses"] = pow_d.losses.tolist()
-        else:
-
-            def bids(ids: Sequence[int], cap: float) -> list[Any]:
-                return self._receive(
-                    "selection",
-                    ids,
-                    lambda w, part: w.round_bids.remote(part, cap, t, w_ref),
-                    order=ids,
-                )
-
-            def replies(offers: Sequence[Any], cap: float) -> list[Any]:
-                # One call per worker answers a window of offers for each of its clients.
-                return self._receive(
-                    "selection",
-                    offers,
-                    lambda w, part: w.round_replies.remote(part, cap, t, w_ref),
-                )
-
-            incentive = select_incentive(
-                np.arange(n),
-                self.carried,
-                cfg.incentive.budget,
-                cfg.selection.k_fraction,
-                bids,
-                replies,
-                cfg.incentive,
-                rng,
-            )
-            self.carried = incentive.carried
-            selected, payments = incentive.selected, incentive.payments
-            record.update(_incentive_record(incentive))
-
-        # --- train E local epochs in parallel, then FedAvg ---
-        updates: list[RoundUpdate] = []
-        if selected.size:
-            updates = self._receive(
-                "training",
-                selected.tolist(),
-                lambda w, part: w.train_round.remote(part, t, w_ref),
-                order=selected.tolist(),
-            )
-            weights = np.array([u.num_samples for u in updates], dtype=np.float64)
-            weights /= weights.sum()
-            w = np.zeros(self.w.size, dtype=np.float64)
-            for p, u in zip(weights, updates, strict=True):
-                w += p * u.weights
-            self.w = w.astype(np.float32)
-            self.virtual_time += float(self.train_time[selected].max())
-            # Simulator's records only: the clients' realised utilities (random / pow-d: unpaid).
-            paid = dict(zip(selected.tolist(), payments.tolist(), strict=False))
-            utilities = self._receive(
-                "records",
-                selected.tolist(),
-                lambda w, part: w.round_utilities.remote(
-                    part, [paid.get(i, 0.0) for i in part], t, w_ref
-                ),
-                aligned=True,
-            )
-            record["client_utilities"] = list(utilities)  # in selection order
-
-        # --- evaluate w(t+1) ---
-        evaluated = bool(selected.size) and (
-            (t + 1) % cfg.eval.every == 0 or t + 1 == cfg.iterations
-        )
-        if evaluated:
-            acc, loss = self._evaluate()
-        elif not selected.size:  # skipped round: w(t+1) = w(t)
-            acc, loss = self.accuracy[-1], math.nan
-        else:
-            acc, loss = math.nan, math.nan
+        record: dict[str, Any] = empty_record(t, cfg.selection.kind, m)
+        selected, payments, incentive = self._select(t, m, w_ref, record)  # --- C(t) ---
+        updates = self._train(t, selected, payments, w_ref, record)  # --- E epochs, FedAvg ---
+        acc, loss = self._evaluate_round(t, selected)  # --- w(t+1) ---
         self.accuracy.append(acc)
         self.t += 1
-
-        # --- utilities and welfare (section 8) ---
-        # G(t): this round's realised gain; G_hat(t) = (G(t-1) + G(t-2)) / 2, the server's
-        # prediction of it from the two rounds before (0 before any; NaN gains are skipped).
-        past = [g for g in self.gains[-2:] if not math.isnan(g)]
-        predicted = float(np.mean(past)) if past else 0.0
-        gain = cfg.incentive.gain_scale * (self.accuracy[-1] - self.accuracy[-2])
-        self.gains.append(gain)
-        u_server = predicted - cfg.incentive.c_s * selected.size - float(math.fsum(payments))
-        u_clients_sum = float(math.fsum(record["client_utilities"]))
-        record.update(
-            selected=[int(i) for i in selected],
-            num_selected=int(selected.size),
-            skipped=not selected.size,
-            gain=gain,
-            predicted_gain=predicted,
-            server_utility=u_server,
-            client_utility_sum=u_clients_sum,
-            social_welfare=u_server + u_clients_sum,
-            accuracy=acc,
-        )
-        train_loss = float(np.mean([u.loss for u in updates])) if updates else math.nan
+        u_server = self._utilities(selected, payments, record)  # --- section 8 ---
+        record["accuracy"] = acc
         now = time.perf_counter()
+        u_clients_sum = record["client_utility_sum"]
         row: dict[str, Any] = {
             "iteration": t,
-            "train/loss": train_loss,
+            "train/loss": float(np.mean([u.loss for u in updates])) if updates else math.nan,
             "agg/k": int(selected.size),
             "sel/m": m,
             "sel/skipped": float(not selected.size),
@@ -306,108 +195,148 @@ class RoundServer:
             row["eval/loss"] = loss
         if incentive is not None:
             row.update(incentive.metrics())
-        total = sum(u.num_samples for u in updates)
-        update_rows = [
-            {
-                "iteration": t,
-                "client_id": u.client_id,
-                "version": t,
-                "staleness": 0,
-                "weight": u.num_samples / total,
-                "loss": u.loss,
-            }
-            for u in updates
-        ]
-        return row, record, update_rows
+        return row, record, _update_rows(t, updates)
+
+    def _select(
+        self, t: int, m: int, w_ref: Any, record: dict[str, Any]
+    ) -> tuple[np.ndarray, np.ndarray, IncentiveRound | None]:
+        """C(t) by the configured selector: (selected client ids, payments, incentive round)."""
+        cfg, n = self.cfg, self.sizes.size
+        rng = seeding.rng(cfg.seed, seeding.SELECTION, t)
+        if cfg.selection.kind == "random":
+            return select_random(np.arange(n), m, rng), np.zeros(0), None
+        if cfg.selection.kind == "pow-d":
+
+            def losses(ids: Sequence[int]) -> list[Any]:
+                return self._receive(
+                    "selection",
+                    ids,
+                    lambda w, part: w.round_losses.remote(part, t, w_ref),
+                    order=ids,
+                )
+
+            pow_d = select_pow_d(self.sizes, losses, cfg.selection.d, m, rng)
+            record["candidates"] = pow_d.candidates.tolist()
+            record["candidate_losses"] = pow_d.losses.tolist()
+            return pow_d.selected, np.zeros(0), None
+
+        def bids(ids: Sequence[int], cap: float) -> list[Any]:
+            return self._receive(
+                "selection",
+                ids,
+                lambda w, part: w.round_bids.remote(part, cap, t, w_ref),
+                order=ids,
+            )
+
+        def replies(offers: Sequence[Any], cap: float) -> list[Any]:
+            # One call per worker answers a window of offers for each of its clients.
+            return self._receive(
+                "selection", offers, lambda w, part: w.round_replies.remote(part, cap, t, w_ref)
+            )
+
+        incentive = select_incentive(
+            np.arange(n),
+            self.carried,
+            cfg.incentive.budget,
+            cfg.selection.k_fraction,
+            bids,
+            replies,
+            cfg.incentive,
+            rng,
+        )
+        self.carried = incentive.carried
+        record.update(incentive_record(incentive))
+        return incentive.selected, incentive.payments, incentive
+
+    def _train(
+        self,
+        t: int,
+        selected: np.ndarray,
+        payments: np.ndarray,
+        w_ref: Any,
+        record: dict[str, Any],
+    ) -> list[RoundUpdate]:
+        """The selected clients train E local epochs from w(t) in parallel; w(t+1) is their
+        FedAvg (section 1). Records the clients' realised utilities (simulator only)."""
+        if not selected.size:
+            return []
+        ids = selected.tolist()
+        updates = self._receive(
+            "training", ids, lambda w, part: w.train_round.remote(part, t, w_ref), order=ids
+        )
+        weights = np.array([u.num_samples for u in updates], dtype=np.float64)
+        weights /= weights.sum()
+        w = np.zeros(self.w.size, dtype=np.float64)
+        for p, u in zip(weights, updates, strict=True):
+            w += p * u.weights
+        self.w = w.astype(np.float32)
+        self.virtual_time += float(self.train_time[selected].max())
+        # Simulator's records only: the clients' realised utilities (random / pow-d: unpaid).
+        paid = dict(zip(ids, payments.tolist(), strict=False))
+        utilities = self._receive(
+            "records",
+            ids,
+            lambda w, part: w.round_utilities.remote(
+                part, [paid.get(i, 0.0) for i in part], t, w_ref
+            ),
+            aligned=True,
+        )
+        record["client_utilities"] = list(utilities)  # in selection order
+        return updates
+
+    def _evaluate_round(self, t: int, selected: np.ndarray) -> tuple[float, float]:
+        """(accuracy, loss) of w(t+1): evaluated every eval.every rounds and at the end; a
+        skipped round keeps w(t)'s accuracy; NaN when not evaluated."""
+        if selected.size and ((t + 1) % self.cfg.eval.every == 0 or t + 1 == self.cfg.iterations):
+            return self._evaluate()
+        if not selected.size:  # skipped round: w(t+1) = w(t)
+            return self.accuracy[-1], math.nan
+        return math.nan, math.nan
+
+    def _utilities(
+        self, selected: np.ndarray, payments: np.ndarray, record: dict[str, Any]
+    ) -> float:
+        """Section 8's records of the round just run; returns the server's utility u_S(t).
+
+        G(t): this round's realised gain; G_hat(t) = (G(t-1) + G(t-2)) / 2, the server's
+        prediction of it from the two rounds before (0 before any; NaN gains are skipped).
+        """
+        inc = self.cfg.incentive
+        past = [g for g in self.gains[-2:] if not math.isnan(g)]
+        predicted = float(np.mean(past)) if past else 0.0
+        gain = inc.gain_scale * (self.accuracy[-1] - self.accuracy[-2])
+        self.gains.append(gain)
+        u_server = predicted - inc.c_s * selected.size - float(math.fsum(payments))
+        u_clients_sum = float(math.fsum(record["client_utilities"]))
+        record.update(
+            selected=[int(i) for i in selected],
+            num_selected=int(selected.size),
+            skipped=not selected.size,
+            gain=gain,
+            predicted_gain=predicted,
+            server_utility=u_server,
+            client_utility_sum=u_clients_sum,
+            social_welfare=u_server + u_clients_sum,
+        )
+        return u_server
+
+
+def _update_rows(t: int, updates: list[RoundUpdate]) -> list[dict[str, Any]]:
+    """updates.parquet's rows of round t: one per trained client, weighted by |D_i|."""
+    total = sum(u.num_samples for u in updates)
+    return [
+        {
+            "iteration": t,
+            "client_id": u.client_id,
+            "version": t,
+            "staleness": 0,
+            "weight": u.num_samples / total,
+            "loss": u.loss,
+        }
+        for u in updates
+    ]
 
 
 def _client_of(item: Any) -> int:
     """The client an item of a worker call is about: a client id, or a message's client_id."""
     return int(getattr(item, "client_id", item))
-
-
-ROUND_COLUMNS = (
-    "round",
-    "selector",
-    "m",
-    "selected",
-    "num_selected",
-    "skipped",
-    "budget",
-    "announced_caps",
-    "num_bids",
-    "num_candidates",
-    "bids",
-    "caps",
-    "payments",
-    "steps",
-    "leftover",
-    "carried",
-    "disagreed",
-    "candidates",
-    "candidate_losses",
-    "server_bargain_utility",
-    "client_utilities",
-    "client_utility_sum",
-    "gain",
-    "predicted_gain",
-    "server_utility",
-    "social_welfare",
-    "log_nash_product",
-    "log_nash_product_nbs",
-    "nash_product",
-    "ape",
-    "accuracy",
-)
-"""The columns of rounds.parquet, one row per round (spec section 8)."""
-
-
-def _empty_record(t: int, kind: str, m: int) -> dict[str, Any]:
-    nan = math.nan
-    return {
-        "round": t,
-        "selector": kind,
-        "m": m,
-        "budget": nan,
-        "announced_caps": [],
-        "num_bids": [],
-        "num_candidates": [],
-        "bids": [],
-        "caps": [],
-        "payments": [],
-        "steps": [],
-        "leftover": nan,
-        "carried": nan,
-        "disagreed": [],
-        "candidates": [],
-        "candidate_losses": [],
-        "server_bargain_utility": [],
-        "client_utilities": [],
-        "log_nash_product": nan,
-        "log_nash_product_nbs": nan,
-        "nash_product": nan,
-        "ape": nan,
-    }
-
-
-def _incentive_record(r: IncentiveRound) -> dict[str, Any]:
-    return {
-        "budget": r.budget,
-        "announced_caps": list(r.announced_caps),
-        "num_bids": list(r.num_bids),
-        "num_candidates": list(r.num_candidates),
-        "bids": r.bids.tolist(),
-        "caps": r.caps.tolist(),
-        "payments": r.payments.tolist(),
-        "steps": r.steps.tolist(),
-        "leftover": float(math.fsum(r.leftover)),
-        "carried": r.carried,
-        "disagreed": r.disagreed.tolist(),
-        "server_bargain_utility": r.server_utility.tolist(),
-        "log_nash_product": r.log_nash_product,
-        "log_nash_product_nbs": r.log_nash_product_nbs,
-        "nash_product": math.exp(r.log_nash_product)
-        if math.isfinite(r.log_nash_product)
-        else math.nan,
-        "ape": r.ape,
-    }

@@ -1,9 +1,6 @@
-"""Arrival order (AKAFL-RJ spec section 2): the speed model and the two clocks' job queues.
+"""Arrival order (AKAFL-RJ spec section 2): the two clocks' job queues.
 
-Speed model (Dutta et al. 2018, shifted exponential): a job of client i on version v takes
-    d = a_i * B * E * (1 + X) + model_bytes / bw_i,   X ~ Exp(1),
-with a per-client speed a_i ~ U(a_lo, a_hi), a fraction of stragglers slowed by a factor, and X
-drawn from ``seeding.rng(seed, DURATION, i, v)``: the duration depends only on the seed.
+Job durations come from :class:`rayfl.speed.SpeedModel` (a seeded shifted exponential).
 
 ``VirtualQueue`` pops the K jobs with the earliest simulated finish times from a heap and
 computes them lazily: only the ``lookahead`` earliest jobs are submitted to the workers, so the
@@ -19,36 +16,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
-
-from rayfl import seeding
-from rayfl.config import ClockConfig
-from rayfl.server.types import Job
+from rayfl.speed import SpeedModel
+from rayfl.types import Job
 
 # (job, injected delay in seconds) -> handle (ObjectRef of an Update, 0)
 Submit = Callable[[Job, float], tuple[Any, int]]
-
-
-class SpeedModel:
-    """Per-client speeds and seeded per-job durations (virtual time units)."""
-
-    def __init__(
-        self, cfg: ClockConfig, num_clients: int, work: float, model_bytes: int, seed: int
-    ):
-        r = seeding.rng(seed, seeding.SPEED)
-        self.speed = r.uniform(cfg.speed_low, cfg.speed_high, size=num_clients)  # (N,)
-        n_slow = int(round(cfg.straggler_fraction * num_clients))
-        self.is_straggler = np.zeros(num_clients, dtype=bool)
-        self.is_straggler[r.permutation(num_clients)[:n_slow]] = True
-        self.speed[self.is_straggler] *= cfg.straggler_slowdown
-        self.work = work  # B * E samples per job
-        self.comm = 0.0 if cfg.bandwidth is None else model_bytes / cfg.bandwidth
-        self.seed = seed
-
-    def duration(self, client_id: int, version: int) -> float:
-        """d for the job (client_id, version): virtual time units, > 0."""
-        x = seeding.rng(self.seed, seeding.DURATION, client_id, version).exponential()
-        return float(self.speed[client_id] * self.work * (1.0 + x) + self.comm)
 
 
 class VirtualQueue:
@@ -138,10 +110,6 @@ class VirtualQueue:
                 heapq.heappush(self._submitted, (job, handle))
             self._horizon = max(self._horizon, batch[-1].finish)
 
-    def in_flight_versions(self) -> list[int]:
-        """The versions live jobs hold (one per client)."""
-        return [j.version for j in self.current.values()]
-
     def _discard_dropped(self) -> None:
         while (
             self._pending and self.current.get(self._pending[0].client_id) is not self._pending[0]
@@ -214,6 +182,3 @@ class RealQueue:
 
     def top_up(self) -> None:
         pass
-
-    def in_flight_versions(self) -> list[int]:
-        return [j.version for j in self.current.values()]

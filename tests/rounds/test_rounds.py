@@ -15,10 +15,12 @@ import pytest
 import ray
 
 import rayfl
+from rayfl.clients.rounds import RoundUpdate
 from rayfl.clients.worker import make_pool
 from rayfl.config import load_config
-from rayfl.rounds.client import RoundUpdate
-from rayfl.rounds.loop import ROUND_COLUMNS, RoundServer, _incentive_record
+from rayfl.rounds.loop import RoundServer
+from rayfl.rounds.records import ROUND_COLUMNS, incentive_record
+from rayfl.runtime.data import load_data, put_data
 from rayfl.selection import (
     BargainParams,
     Bid,
@@ -28,7 +30,6 @@ from rayfl.selection import (
     client_reply,
     select_incentive,
 )
-from rayfl.server.driver import load_data, put_data
 
 TINY = [
     "data.num_clients=20",
@@ -174,7 +175,7 @@ def test_zero_surplus_client_is_paid_its_bid_and_left_out_of_the_nash_product():
     r = select_incentive(
         range(2), 0.0, 10.0, 1.0, bids, replies, BargainParams(), np.random.default_rng(0)
     )
-    rec = _incentive_record(r)
+    rec = incentive_record(r)
     pay = dict(zip(r.selected.tolist(), r.payments.tolist(), strict=True))
     assert pay[0] == 5.0
     assert 1.0 < pay[1] < 5.0

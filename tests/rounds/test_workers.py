@@ -17,7 +17,7 @@ from rayfl.clients.pool import WorkerPool
 from rayfl.clients.worker import make_pool
 from rayfl.config import load_config
 from rayfl.rounds.loop import RoundServer
-from rayfl.server.driver import load_data, put_data
+from rayfl.runtime.data import load_data, put_data
 
 TINY = [
     "data.num_clients=20",

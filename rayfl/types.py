@@ -1,7 +1,7 @@
 """The glossary of rayfl, as types. Use these words and no synonyms.
 
 - **iteration** (t): one server aggregation; K-async iterations are numbered 0, 1, ..., T-1.
-- **round**: one synchronous FedAvg step (selection, local training, averaging); not used here.
+- **round**: one synchronous FedAvg step (selection, local training, averaging).
 - **version** (v): the global model after v iterations; w_v. The initial model is version 0.
 - **client_id** (i): a virtual client, 0 <= i < N. Many virtual clients share one worker actor.
 - **job**: one client computing one update on one version; at most one per client at a time.
@@ -35,12 +35,3 @@ class Update:
     vector: np.ndarray  # (P,) float32
     loss: float
     worker: int = -1  # index of the worker actor that computed it
-
-
-@dataclasses.dataclass(frozen=True)
-class Arrival:
-    """An update as the server aggregates it at iteration t."""
-
-    update: Update
-    staleness: int  # t - version
-    finish: float  # arrival time on the run's clock

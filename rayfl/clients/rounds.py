@@ -41,7 +41,7 @@ from rayfl.selection import (
     make_bid,
 )
 from rayfl.selection.messages import Reply, bid_terms, client_replies, offers_by_client
-from rayfl.server.clock import SpeedModel
+from rayfl.speed import SpeedModel
 from rayfl.training import UpdateComputer
 
 

@@ -1,0 +1,127 @@
+"""The run's data: load and partition it (numpy, before any folder or Ray exists, so bad data
+fails first), then put the arrays in the object store once; every worker on a node maps the same
+copy. A Ray Tune search puts the data set once for all its trials (:func:`share_dataset`)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+import ray
+
+from rayfl.clients.worker import SharedData
+from rayfl.config import ExperimentConfig
+from rayfl.data import Dataset, Partition, load_dataset, partition
+from rayfl.errors import RayflError
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetRefs:
+    """A data set already in the object store (e.g. put once for all the trials of a search)."""
+
+    name: str
+    data_dir: str | None
+    x_train: Any  # ObjectRefs
+    y_train: Any
+    x_test: Any
+    y_test: Any
+    labels: np.ndarray  # (n_train,) int64, a local copy for partitioning
+    input_shape: tuple[int, int, int]
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+def share_dataset(cfg: ExperimentConfig) -> DatasetRefs:
+    """Loads ``cfg``'s data set and puts its arrays in the object store once."""
+    ds = load_dataset(cfg.data.dataset, cfg.data.data_dir, cfg.data.download)
+    return DatasetRefs(
+        name=ds.name,
+        data_dir=cfg.data.data_dir,
+        x_train=ray.put(ds.x_train),
+        y_train=ray.put(ds.y_train),
+        x_test=ray.put(ds.x_test),
+        y_test=ray.put(ds.y_test),
+        labels=np.asarray(ds.y_train),
+        input_shape=ds.input_shape,
+        num_classes=ds.num_classes,
+        mean=tuple(ds.mean),
+        std=tuple(ds.std),
+    )
+
+
+def _partition(cfg: ExperimentConfig, labels: np.ndarray) -> Partition:
+    d = cfg.data
+    return partition(
+        labels,
+        d.partition,
+        d.num_clients,
+        cfg.seed,
+        alpha=d.alpha,
+        shards_per_client=d.shards_per_client,
+        shard_size=d.shard_size,
+        classes_max=d.classes_max,
+        samples_min=d.samples_min,
+        samples_max=d.samples_max,
+    )
+
+
+def load_data(cfg: ExperimentConfig) -> tuple[Dataset, Partition]:
+    """Loads the data set and partitions it (numpy; no Ray). Raises DataError on bad input."""
+    ds = load_dataset(cfg.data.dataset, cfg.data.data_dir, cfg.data.download)
+    return ds, _partition(cfg, ds.y_train)
+
+
+def put_data(ds: Dataset, part: Partition) -> SharedData:
+    """Puts the arrays in the object store once; every worker on a node maps the same copy."""
+    return SharedData(
+        x_train=ray.put(ds.x_train),
+        y_train=ray.put(ds.y_train),
+        x_test=ray.put(ds.x_test),
+        y_test=ray.put(ds.y_test),
+        indices=ray.put(part.indices),
+        offsets=ray.put(part.offsets),
+        input_shape=ds.input_shape,
+        num_classes=ds.num_classes,
+        mean=tuple(ds.mean),
+        std=tuple(ds.std),
+    )
+
+
+def run_data(
+    cfg: ExperimentConfig, dataset: DatasetRefs | None
+) -> tuple[Dataset | None, Partition]:
+    """The run's data set (None when ``dataset`` already shares it) and its partition.
+
+    Raises DataError on bad data (before any folder or Ray exists), RayflError when the shared
+    ``dataset`` is not the one ``cfg`` asks for.
+    """
+    if dataset is None:
+        return load_data(cfg)
+    if dataset.name != cfg.data.dataset or dataset.data_dir != cfg.data.data_dir:
+        raise RayflError(
+            f"the shared data set is {dataset.name!r}, the config asks for "
+            f"{cfg.data.dataset!r}: share the config's data set (and do not search over "
+            "data.dataset or data.data_dir)"
+        )
+    return None, _partition(cfg, dataset.labels)
+
+
+def put_run_data(ds: Dataset | None, part: Partition, dataset: DatasetRefs | None) -> SharedData:
+    """:func:`put_data`, or only the partition when ``dataset`` already shares the arrays."""
+    if dataset is None:
+        assert ds is not None
+        return put_data(ds, part)
+    return SharedData(
+        x_train=dataset.x_train,
+        y_train=dataset.y_train,
+        x_test=dataset.x_test,
+        y_test=dataset.y_test,
+        indices=ray.put(part.indices),
+        offsets=ray.put(part.offsets),
+        input_shape=dataset.input_shape,
+        num_classes=dataset.num_classes,
+        mean=dataset.mean,
+        std=dataset.std,
+    )
