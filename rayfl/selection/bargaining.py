@@ -60,7 +60,7 @@ ACCEPT_TOL = 1e-9
 """Slack of the acceptance rule, in normalised utility units (a numerical tolerance, not a model
 constant): an offer is accepted when U >= target - ACCEPT_TOL."""
 
-_FIXUP_ITERATIONS = 64  # the closed-form first-acceptance index is off by at most a step or two
+_GALLOP_ITERATIONS = 62  # widening from the closed-form guess, up to 2**61 offers away
 
 
 @dataclasses.dataclass(frozen=True)
@@ -209,25 +209,43 @@ class BargainResult(NamedTuple):
 
 
 def _first_accepted(accepts, k0: np.ndarray) -> np.ndarray:
-    """The least k >= 0 with accepts(k) True, starting from a closed-form guess k0.
+    """The least k >= 0 with accepts(k) True, searched from a closed-form guess k0.
 
-    ``accepts`` is monotone in k (targets only fall, offers only improve), so a few unit moves from
-    the guess settle it; this makes the float rounding of the guess irrelevant.
+    ``accepts`` is monotone in k (targets only fall, offers only improve, and float rounding keeps
+    both monotone), so the answer is the same wherever the search starts. Usually the guess is a
+    step or two off; but when the surplus is a few ulps the offered prices round to bid or cap and
+    the first acceptance can be a hundred offers away from the guess (issue: cap 1, surplus 1 ulp,
+    Delta_S 0.005859375, Delta_i 0: the client accepts the server's 86th offer, the guess is 171).
+    So the search gallops away from the guess (1, 2, 4, ... offers) until the answer is bracketed,
+    then bisects: O(log distance) calls of ``accepts``, whatever the rounding did.
     """
-    k = k0.copy()
-    for _ in range(_FIXUP_ITERATIONS):
-        low = ~accepts(k)
-        if not low.any():
+    k0 = np.maximum(k0, 0)
+    ok = accepts(k0)
+    hi = np.where(ok, k0, -1)  # the least k known to be accepted; -1: none yet
+    lo = np.where(ok, -1, k0)  # the largest k known to be refused; -1: none (k < 0)
+    downward = ok & (k0 > 0)  # accepted at the guess: look below it for a refusal
+    gap = 1
+    for _ in range(_GALLOP_ITERATIONS):
+        upward = hi < 0
+        if not (upward.any() or downward.any()):
             break
-        k[low] += 1
-    else:  # pragma: no cover - the guess is never more than a step off
-        raise RuntimeError("bargaining: first acceptance not found near the closed form")
-    for _ in range(_FIXUP_ITERATIONS):
-        high = (k > 0) & accepts(np.maximum(k - 1, 0))
-        if not high.any():
-            break
-        k[high] -= 1
-    return k
+        probe = np.where(upward, k0 + gap, np.where(downward, np.maximum(k0 - gap, 0), hi))
+        yes = accepts(probe)
+        moved = upward | downward
+        hi = np.where(moved & yes, probe, hi)
+        lo = np.where(moved & ~yes, probe, lo)
+        downward = downward & yes & (probe > 0)
+        gap *= 2
+    else:  # pragma: no cover - T_S reaches 0 near k = 1 / Delta_S: cap is offered
+        raise RuntimeError("bargaining: no accepted offer found from the closed-form guess")
+    while True:  # --- bisect (lo, hi]: lo refused (or -1), hi accepted ---
+        wide = hi - lo > 1
+        if not wide.any():
+            return hi
+        mid = np.where(wide, (lo + hi) // 2, hi)
+        yes = accepts(mid)
+        hi = np.where(wide & yes, mid, hi)
+        lo = np.where(wide & ~yes, mid, lo)
 
 
 def bargain_steps(
@@ -246,9 +264,10 @@ def bargain_steps(
 
     The first acceptable offer of each party is found in closed form: the client accepts the
     server's k-th offer once k (Delta_S + Delta_i) >= 1, the server the client's k-th once
-    k Delta_i + (k + 1) Delta_S >= 1; each guess is then checked (and moved by a step if float
-    rounding put it off) with the very acceptance rules the message protocol uses
-    (:func:`client_accepts`, :func:`server_accepts`). A = min(2 k_server, 2 k_client + 1).
+    k Delta_i + (k + 1) Delta_S >= 1; each guess is only the start of a search (see
+    :func:`_first_accepted`) that applies the very acceptance rules the message protocol uses
+    (:func:`client_accepts`, :func:`server_accepts`), so float rounding of the guess, or of prices
+    when the surplus is a few ulps, cannot move the result. A = min(2 k_server, 2 k_client + 1).
 
     Args:
         cap: R_{S,i}, any shape; broadcasts with the other per-client arrays.

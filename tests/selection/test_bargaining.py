@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from rayfl.errors import ConfigError
@@ -189,12 +189,34 @@ def test_zero_server_discount_is_allowed():
     step_s=st.floats(0.005, 1.5),
     step_i=st.floats(0.0, 1.5),
 )
+# a surplus of one ulp: the offers round to bid or cap, the first acceptance is far from the guess
+@example(cap=1.0, frac=0.9999999999999999, step_s=0.005859375, step_i=0.0)
 def test_closed_form_matches_the_literal_protocol(cap, frac, step_s, step_i):
     bid = cap * frac
     x_ref, a_ref = reference_bargain(cap, bid, step_s, step_i)
     r = bargain_steps([cap], [bid], step_s, [step_i], 0.9, [0.9])
     assert r.steps[0] == a_ref
     assert r.price[0] == x_ref
+
+
+@pytest.mark.parametrize(
+    ("cap", "step_s", "step_i", "steps"),
+    [
+        # the server's 86th offer, cap - 0.496 S, rounds to cap: accepted at step 172, although
+        # k (Delta_S + Delta_i) >= 1 only from k = 171 (a fix-up of at most 64 moves gave 214)
+        (1.0, 0.005859375, 0.0, 172),
+        # the offers round to bid until the client's target is 0: 90 offers past the guess of
+        # 910 (a fix-up of at most 64 moves raised RuntimeError)
+        (1.0, 0.0001, 0.001, 1003),
+        (1.0, 0.001, 0.01, 103),
+    ],
+)
+def test_a_surplus_of_one_ulp_follows_the_literal_protocol(cap, step_s, step_i, steps):
+    bid = float(np.nextafter(cap, 0.0))
+    x_ref, a_ref = reference_bargain(cap, bid, step_s, step_i)
+    r = bargain_steps([cap], [bid], step_s, [step_i], 0.9, [0.9])
+    assert a_ref == steps
+    assert r.steps.tolist() == [a_ref] and r.price.tolist() == [x_ref]
 
 
 @settings(max_examples=200, deadline=None)
