@@ -55,17 +55,17 @@ class RoundsEngine:
     def start(self, data: SharedData, restore: dict[str, Any] | None) -> None:
         # --- the worker pool: the clients' side, private numbers included ---
         self.workers = make_pool(self.cfg, max_concurrency=4)
+        attached = [w.attach.remote(data) for w in self.workers]
+        # The server's side (w(0), its evaluation) is built while the workers map the data.
+        self.server = RoundServer(self.cfg, data, self.workers, self.sizes)
         try:
-            self._info = ray.get(
-                [w.attach.remote(data) for w in self.workers], timeout=WORKER_START_TIMEOUT_S
-            )
+            self._info = ray.get(attached, timeout=WORKER_START_TIMEOUT_S)
         except ray.exceptions.GetTimeoutError:
             raise RayflError(
                 f"{len(self.workers)} client workers could not start within "
                 f"{WORKER_START_TIMEOUT_S:.0f} s: lower client.num_cpus / client.num_gpus or "
                 "client.num_workers"
             ) from None
-        self.server = RoundServer(self.cfg, data, self.workers, self.sizes)
         if restore is not None:
             self.server.restore(restore)
 
