@@ -13,7 +13,6 @@ import ray
 
 from rayfl import interrupts
 
-
 # Imported by every worker process of a Ray this run starts, as soon as the process starts:
 # Ray prestarts idle workers while the driver loads the data, and the client workers (and the
 # server actor) are then created in processes that already hold torch and rayfl, instead of
