@@ -38,7 +38,7 @@ from rayfl.runtime.checkpoint import write_checkpoint
 from rayfl.runtime.data import DatasetRefs, put_run_data
 from rayfl.runtime.engine import Chunk, Engine
 from rayfl.runtime.folder import open_run_dir
-from rayfl.runtime.session import ensure_ray
+from rayfl.runtime.session import ensure_ray, shutdown_ray
 from rayfl.storage import Mirror
 
 
@@ -127,7 +127,7 @@ class RunDriver:
             summary = self._finish(time.perf_counter() - t0)
             self.engine.close()
             if started_ray:
-                ray.shutdown()
+                shutdown_ray()
         return RunResult(self.run_dir, self.cfg, summary, self.engine.weights)
 
     def _loop(self, bar: Any) -> bool:

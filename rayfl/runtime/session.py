@@ -30,3 +30,21 @@ def ensure_ray(address: str | None = None) -> bool:
     ray.init(address=address, **kwargs)
     interrupts.reinstall()  # ray.init replaced the CLI's SIGTERM handler with Ray's own
     return True
+
+
+def shutdown_ray() -> None:
+    """Shuts down the Ray this process started, stopping Ray's autoscaler monitor first.
+
+    ``ray.shutdown`` stops the monitor after the GCS, and the monitor's SIGTERM handler then
+    waits about a second trying to report its exit to the GCS that is gone; stopped while the
+    GCS is still up it exits at once (1.4 s -> 0.4 s on 2 cores). Uses Ray's private node
+    handle: if that is missing, the plain shutdown runs.
+    """
+    node = getattr(ray._private.worker, "_global_node", None)
+    kill_monitor = getattr(node, "kill_monitor", None)
+    if kill_monitor is not None:
+        try:
+            kill_monitor(check_alive=False)
+        except Exception:  # best effort: ray.shutdown below stops it anyway
+            pass
+    ray.shutdown()
