@@ -6,6 +6,7 @@ that started Ray shuts it down at the end.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Any
 
@@ -43,8 +44,6 @@ def shutdown_ray() -> None:
     node = getattr(ray._private.worker, "_global_node", None)
     kill_monitor = getattr(node, "kill_monitor", None)
     if kill_monitor is not None:
-        try:
+        with contextlib.suppress(Exception):  # best effort: ray.shutdown below stops it anyway
             kill_monitor(check_alive=False)
-        except Exception:  # best effort: ray.shutdown below stops it anyway
-            pass
     ray.shutdown()
