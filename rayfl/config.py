@@ -227,8 +227,12 @@ class AggregationConfig:
     """K (K_0 with adaptive K): updates aggregated per iteration."""
     lr: float = 0.05
     """eta, the server's base learning rate."""
-    rules: dict[str, Any] = dataclasses.field(default_factory=_default_rules)
-    """Ordered rule chain {rule_name: {param: value}}; see rayfl.aggregation.RULES."""
+    rules: Any = dataclasses.field(default_factory=_default_rules)
+    """The rule chain, in order: a list of rule names or {name: {param: value}}; a name is one of
+    rayfl.aggregation.RULES or an import path 'pkg.module:factory' (docs/extending.md)."""
+    optimizer: Any = "sgd"
+    """The server optimizer that makes w_{t+1} from w_t and the chain's direction and lr: a name
+    (sgd) or {name: {param: value}}, or an import path 'pkg.module:factory'."""
     control: dict[str, Any] = dataclasses.field(default_factory=dict)
     """Control rules {adaptive_k: {...}, remodel: {...}, judgement: {...}}; empty = fixed K."""
     max_update_norm: float | None = 1.0e6
@@ -243,16 +247,12 @@ class AggregationConfig:
         _positive("aggregation.lr", self.lr)
         if self.max_update_norm is not None:
             _positive("aggregation.max_update_norm", self.max_update_norm)
-        if not self.rules:
-            raise ConfigError(
-                "aggregation.rules is empty: list at least one rule, e.g. {mean: {}, "
-                "weighted_sum: {}, constant_lr: {}}"
-            )
-        from rayfl.aggregation import build_rules
-
-        build_rules(self.rules)  # raises ConfigError naming aggregation.rules.<rule>.<param>
+        from rayfl.aggregation import build_optimizer, build_rule_list, normalize_rules
         from rayfl.aggregation.control import build_controls
 
+        object.__setattr__(self, "rules", normalize_rules(self.rules))  # the one written form
+        build_rule_list(self.rules)  # raises ConfigError naming aggregation.rules.<rule>.<param>
+        build_optimizer(self.optimizer)
         build_controls(self.control)
 
 
@@ -297,6 +297,8 @@ class SelectionConfig:
 
     kind: Literal["random", "pow-d", "incentive"] = "random"
     """random (M clients uniformly) | pow-d (Cho et al. 2022) | incentive (bids and bargaining)."""
+    params: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """Keyword arguments of a user selector's factory (``kind: my_pkg.module:factory``)."""
     k_fraction: float = 0.1
     """K in (0, 1]: M(t) = max(1, floor(K * n(t))) clients per round; K * n < 1 selects 1."""
     d: int = 16
@@ -590,16 +592,8 @@ def set_path(raw: dict[str, Any], path: str, value: Any, where: str | None = Non
             hint = typing.get_type_hints(cls)[key]
             cls = hint if dataclasses.is_dataclass(hint) else None
             if cls is None and prefix == "aggregation.rules":
-                rules = node.get("rules")
-                if rules is None:
-                    rules = _default_rules()
-                    node["rules"] = rules
-                rule = keys[depth + 1]
-                if rule not in rules:
-                    raise ConfigError(
-                        f"{where}: rule {rule!r} is not in this experiment's chain "
-                        f"({', '.join(rules)}): add it in the YAML's aggregation.rules"
-                    )
+                _set_rule_param(node, keys[depth + 1 :], value, where)
+                return
         child = node.get(key)
         if child is None:
             child = {}
@@ -615,6 +609,35 @@ def set_path(raw: dict[str, Any], path: str, value: Any, where: str | None = Non
         if last not in fields:
             raise ConfigError(_unknown_key(path, last, fields))
     node[last] = value
+
+
+def _set_rule_param(node: dict[str, Any], keys: list[str], value: Any, where: str) -> None:
+    """``aggregation.rules.<rule>.<param>=value``, <rule> a rule's name (if it is in the chain
+    once) or its position in the list."""
+    from rayfl.aggregation import normalize_rules
+
+    rules = normalize_rules(node["rules"] if node.get("rules") is not None else _default_rules())
+    node["rules"] = rules
+    if len(keys) != 2:
+        raise ConfigError(f"{where}: write aggregation.rules.<rule or position>.<param>=value")
+    rule, param = keys
+    names = [next(iter(r)) for r in rules]
+    if rule.isdigit() and int(rule) < len(rules):
+        at = [int(rule)]
+    else:
+        at = [i for i, name in enumerate(names) if name == rule]
+    if not at:
+        raise ConfigError(
+            f"{where}: rule {rule!r} is not in this experiment's chain ({', '.join(names)}): "
+            "add it in the YAML's aggregation.rules"
+        )
+    if len(at) > 1:
+        raise ConfigError(
+            f"{where}: rule {rule!r} is in the chain {len(at)} times (positions "
+            f"{', '.join(map(str, at))}): name it by position, aggregation.rules.{at[0]}.{param}"
+        )
+    name = names[at[0]]
+    rules[at[0]] = {name: {**rules[at[0]][name], param: value}}
 
 
 # --- typed construction -----------------------------------------------------------------------

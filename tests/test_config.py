@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
+from rayfl.aggregation import rule_names
 from rayfl.config import (
     ExperimentConfig,
     dump_config,
@@ -25,13 +26,14 @@ def test_defaults_are_the_spec_paper_profile():
     cfg = load_config("wkafl")
     assert (cfg.data.num_clients, cfg.aggregation.k, cfg.client.batch_size) == (100, 10, 16)
     assert cfg.aggregation.lr == 0.05
-    assert list(cfg.aggregation.rules)[0] == "momentum_clip"
+    assert rule_names(cfg.aggregation.rules)[0] == "momentum_clip"
+    assert cfg.aggregation.optimizer == "sgd"
     assert cfg.clock.kind == "virtual"
 
 
 def test_extends_merges_and_replaces_the_rule_chain():
     cfg = load_config("kasync")
-    assert list(cfg.aggregation.rules) == ["mean", "weighted_sum", "constant_lr"]
+    assert rule_names(cfg.aggregation.rules) == ["mean", "weighted_sum", "constant_lr"]
     assert cfg.data.num_clients == 100  # inherited from wkafl
 
 
@@ -49,7 +51,7 @@ def test_overrides_are_typed():
     assert cfg.aggregation.k == 5
     assert cfg.clock.straggler_fraction == 0.1
     assert cfg.model.hidden == (32, 16)
-    assert cfg.aggregation.rules["similarity_select"] == {"c_min": 0.3, "beta": 5}
+    assert cfg.aggregation.rules[3] == {"similarity_select": {"c_min": 0.3, "beta": 5}}
     assert isinstance(cfg.aggregation.lr, float)
 
 
@@ -74,6 +76,11 @@ def test_overrides_are_typed():
             "aggregation.rules.similarity_select.beta",
         ),
         (["aggregation.rules.similarity_select.gamma=1"], "similarity_select"),
+        (["aggregation.rules.similarity_select.bta=1"], "did you mean 'beta'?"),
+        (["aggregation.rules=[mean, staleness_weight]"], "did you mean 'staleness_weights'?"),
+        (["aggregation.optimizer=adamw"], "aggregation.optimizer='adamw' is not a known"),
+        (["aggregation.optimizer={sgd: {lr: 1}}"], "aggregation.optimizer.sgd.lr"),
+        (["aggregation.rules=[weighted_sum, mean]"], "comes after"),
         (["client.num_gpus=-1"], "client.num_gpus"),
         (["data.samples_max=5"], "data.samples_max"),
         (["iterations=0"], "iterations"),

@@ -13,6 +13,7 @@ import torch
 import yaml
 
 import rayfl
+from rayfl.aggregation import rule_entries
 from rayfl.config import load_config
 from rayfl.errors import ConfigError
 from rayfl.tuning import (
@@ -53,7 +54,7 @@ def test_every_distribution_parses_into_tune_domains():
         {"aggregation.k": 3, "seed": 2, "aggregation.rules.similarity_select.beta": 5.0}
     )
     assert cfg.aggregation.k == 3 and cfg.seed == 2
-    assert cfg.aggregation.rules["similarity_select"]["beta"] == 5.0
+    assert dict(rule_entries(cfg.aggregation.rules))["similarity_select"]["beta"] == 5.0
     assert cfg.client.num_workers == 1  # workers_per_trial
 
 

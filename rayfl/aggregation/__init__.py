@@ -1,11 +1,30 @@
-"""Aggregation: composable rules (optax-style ``(init, update)`` pairs) and the recipes built from them."""
+"""Aggregation: composable rules and server optimizers (optax-style, explicit state), the recipes
+built from them, and the control rules of AKAFL-RJ."""
 
-from rayfl.aggregation.base import Rule, Step, chain, final_direction, start_step
+from rayfl.aggregation.base import (
+    STAGES,
+    Rule,
+    ServerOptimizer,
+    Step,
+    chain,
+    final_direction,
+    start_step,
+)
+from rayfl.aggregation.build import (
+    build_optimizer,
+    build_rule_list,
+    build_rules,
+    init_rule_state,
+    normalize_rules,
+    rule_entries,
+    rule_names,
+)
+from rayfl.aggregation.optimizers import OPTIMIZERS, sgd
 from rayfl.aggregation.recipes import RECIPES, kasync, wkafl
 from rayfl.aggregation.rules import (
     RULES,
     EmptyState,
-    build_rules,
+    MomentumState,
     clip_by_norm,
     constant_lr,
     estimate,
@@ -19,20 +38,31 @@ from rayfl.aggregation.rules import (
 )
 
 __all__ = [
+    "OPTIMIZERS",
     "RECIPES",
     "RULES",
+    "STAGES",
     "EmptyState",
+    "MomentumState",
     "Rule",
+    "ServerOptimizer",
     "Step",
+    "build_optimizer",
+    "build_rule_list",
     "build_rules",
     "chain",
     "clip_by_norm",
     "constant_lr",
     "estimate",
     "final_direction",
+    "init_rule_state",
     "kasync",
     "mean",
     "momentum_clip",
+    "normalize_rules",
+    "rule_entries",
+    "rule_names",
+    "sgd",
     "similarity_select",
     "stage_two_clip",
     "staleness_lr",

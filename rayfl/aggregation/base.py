@@ -1,13 +1,23 @@
-"""The contract every aggregation rule follows (optax-style: tiny transforms with explicit state).
+"""The contract of aggregation rules and server optimizers (optax-style: small transforms with
+explicit state).
 
-One K-async iteration hands the K_t arriving updates to a chain of rules as a :class:`Step`.
-Each rule is a :class:`Rule` ``(init, update)`` pair: ``init() -> state`` and
-``update(step, state) -> (step, state)``. A rule reads the fields it needs and returns a new
-``Step`` (``dataclasses.replace``) with the fields it changes; it never mutates its input.
-WKAFL, AKAFL, ... are recipes: ordered lists of rules (see ``recipes.py`` and the presets).
+One K-async iteration hands the K_t arriving updates to a chain of rules as a :class:`Step`, and
+the chain's result to a server optimizer that makes the candidate model w_{t+1}:
 
-After the chain, the server applies ``w_{t+1} = w_t - step.lr * step.direction``; if no rule set
-``direction``, it is the weighted sum ``sum_i step.weights[i] * step.updates[i]``.
+    per-update rules  ->  aggregator  ->  direction rules  ->  lr rule  ->  server optimizer
+    (weights, clips)     (g_t)            (on g_t)            (eta_t)      (w_t, g_t -> w_{t+1})
+
+A :class:`Rule` is ``init(params) -> state`` and ``update(step, state, params) -> (step, state)``
+where ``params`` is the current global model w_t ((P,) float32, read-only). A rule reads the
+fields it needs and returns a new ``Step`` (``dataclasses.replace``) with the fields it changes;
+it never mutates its input. Its ``stage`` says where in the chain it may stand, which
+:func:`check_stages` enforces; ``commit(step, state, params) -> state``, if given, is called once
+the server has applied the iteration's step to the model (not when judgement kept the previous
+model), with the final Step and the new model: that is how a rule keeps g_{t-1} (WKAFL's momentum)
+in its own state. WKAFL, AKAFL, ... are recipes: ordered lists of rules (``recipes.py``).
+
+A :class:`ServerOptimizer` is ``init(params) -> state`` and ``apply(step, state, params) ->
+(new_params, state)``; plain SGD, ``w_t - step.lr * step.direction``, is one among others.
 """
 
 from __future__ import annotations
@@ -17,6 +27,17 @@ from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
+
+STAGES = ("updates", "aggregate", "direction", "lr")
+"""Where a rule stands in a chain, in this order:
+
+- ``updates``: per-update transforms (weights, clips, selection; they read and replace
+  ``updates`` / ``weights`` / ``estimate``);
+- ``aggregate``: at most one rule that sets ``direction`` g_t (without one, g_t is the weighted
+  sum of the updates);
+- ``direction``: transforms of g_t (noise, scaling);
+- ``lr``: at most one rule that sets the learning rate eta_t.
+"""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,9 +50,9 @@ class Step:
     losses: np.ndarray  # (K,) float64: the mini-batch losses the clients reported
     weights: np.ndarray  # (K,) float64: aggregation weights, start uniform 1/K, sum to 1
     lr: float  # eta_t, starts at the config's base learning rate
-    previous_direction: np.ndarray | None = None  # (P,) g_{t-1}, None at t = 0
+    clients: np.ndarray | None = None  # (K,) int64: which client sent each update
     estimate: np.ndarray | None = None  # (P,) g_est, set by `estimate`-type rules
-    direction: np.ndarray | None = None  # (P,) g_t, set by a reducing rule
+    direction: np.ndarray | None = None  # (P,) g_t, set by the aggregator
     metrics: dict[str, float] = dataclasses.field(default_factory=dict)  # per-iteration records
 
     def with_metrics(self, **values: float) -> Step:
@@ -39,27 +60,47 @@ class Step:
         return dataclasses.replace(self, metrics={**self.metrics, **values})
 
 
+def _no_commit(step: Step, state: Any, params: np.ndarray) -> Any:
+    return state
+
+
 class Rule(NamedTuple):
     """A composable aggregation transform with explicit state."""
 
-    init: Callable[[], Any]
-    update: Callable[[Step, Any], tuple[Step, Any]]
+    init: Callable[[np.ndarray], Any]  # init(w_0) -> state
+    update: Callable[[Step, Any, np.ndarray], tuple[Step, Any]]  # (step, state, w_t)
+    stage: str = "updates"  # one of STAGES
+    commit: Callable[[Step, Any, np.ndarray], Any] = _no_commit  # (final step, state, w_{t+1})
+
+
+class ServerOptimizer(NamedTuple):
+    """Makes w_{t+1} from w_t and the chain's final Step (its direction g_t and lr eta_t)."""
+
+    init: Callable[[np.ndarray], Any]  # init(w_0) -> state
+    apply: Callable[[Step, Any, np.ndarray], tuple[np.ndarray, Any]]  # -> (w_{t+1}, state)
 
 
 def chain(*rules: Rule) -> Rule:
-    """Composes rules left to right; the state is the tuple of the rules' states."""
+    """Composes rules left to right; the state is the tuple of the rules' states.
 
-    def init() -> tuple[Any, ...]:
-        return tuple(r.init() for r in rules)
+    The chain's ``update`` ends by setting ``direction`` (the weighted sum of the updates if no
+    rule did), so that every commit and the server optimizer see g_t.
+    """
 
-    def update(step: Step, state: tuple[Any, ...]) -> tuple[Step, tuple[Any, ...]]:
+    def init(params: np.ndarray) -> tuple[Any, ...]:
+        return tuple(r.init(params) for r in rules)
+
+    def update(step: Step, state: tuple[Any, ...], params: np.ndarray) -> tuple[Step, tuple]:
         new_states = []
         for rule, s in zip(rules, state, strict=True):
-            step, s = rule.update(step, s)
+            step, s = rule.update(step, s, params)
             new_states.append(s)
-        return step, tuple(new_states)
+        return dataclasses.replace(step, direction=final_direction(step)), tuple(new_states)
 
-    return Rule(init, update)
+    def commit(step: Step, state: tuple[Any, ...], params: np.ndarray) -> tuple[Any, ...]:
+        return tuple(r.commit(step, s, params) for r, s in zip(rules, state, strict=True))
+
+    return Rule(init, update, "updates", commit)
 
 
 def final_direction(step: Step) -> np.ndarray:
@@ -76,7 +117,7 @@ def start_step(
     staleness: Sequence[int] | np.ndarray,
     losses: Sequence[float] | np.ndarray,
     lr: float,
-    previous_direction: np.ndarray | None = None,
+    clients: Sequence[int] | np.ndarray | None = None,
 ) -> Step:
     """Builds the first ``Step`` of an iteration with uniform weights and ``train/loss`` recorded."""
     k = updates.shape[0]
@@ -89,7 +130,7 @@ def start_step(
         losses=losses_arr,
         weights=np.full(k, 1.0 / k),
         lr=float(lr),
-        previous_direction=previous_direction,
+        clients=None if clients is None else np.asarray(clients, dtype=np.int64),
         metrics={
             "train/loss": float(losses_arr.mean()),
             "agg/staleness_min": float(tau.min()),

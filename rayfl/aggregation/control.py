@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 from rayfl.errors import ConfigError
+from rayfl.registry import build, check_callable
 from rayfl.validation import check_int, check_real
 
 
@@ -274,27 +275,28 @@ CONTROLS: dict[str, Callable[..., Control]] = {
 
 
 def build_controls(spec: Mapping[str, Mapping[str, Any] | None]) -> list[tuple[str, Control]]:
-    """The configured control rules (``aggregation.control``), in mapping order."""
+    """The configured control rules (``aggregation.control``), in mapping order.
+
+    A key is a shipped control (:data:`CONTROLS`) or an import path ``package.module:factory``
+    to a user's own, whose factory returns a :class:`Control` (``init(k0) -> state``,
+    ``update(feedback, state) -> (decision, state)``).
+    """
     if not isinstance(spec, Mapping):
         raise ConfigError(
             "aggregation.control must map control names to parameters, e.g. {remodel: {eps_r: 20}}"
         )
     out = []
     for name, params in spec.items():
-        if name not in CONTROLS:
+        field = f"aggregation.control.{name}"
+        control = build(field, name, CONTROLS, params, "control rule")
+        if not (hasattr(control, "init") and hasattr(control, "update")):
             raise ConfigError(
-                f"aggregation.control.{name} is not a control rule: use {', '.join(CONTROLS)}"
+                f"{field} returned {type(control).__name__}, not a Control (init(k0) -> state, "
+                "update(feedback, state) -> (decision, state))"
             )
-        if params is None:
-            params = {}
-        if not isinstance(params, Mapping):
-            raise ConfigError(f"aggregation.control.{name} must map parameters to values")
-        try:
-            out.append((name, CONTROLS[name](**params)))
-        except TypeError as e:
-            raise ConfigError(
-                f"aggregation.control.{name}: {e}: check the parameter names"
-            ) from None
+        check_callable(field, control.init, "its init(k0)", 1)
+        check_callable(field, control.update, "its update(feedback, state)", 2)
+        out.append((name, Control(control.init, control.update)))
     return out
 
 

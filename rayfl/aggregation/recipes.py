@@ -1,7 +1,7 @@
-"""Recipes: the ``aggregation.rules`` mappings of the paper's baselines (AKAFL-RJ spec sections 1, 3).
+"""Recipes: the ``aggregation.rules`` lists of the paper's baselines (AKAFL-RJ spec sections 1, 3).
 
-A recipe is data, not a class: an ordered mapping rule name -> parameters, exactly what a preset
-YAML holds under ``aggregation.rules`` and what :func:`~rayfl.aggregation.rules.build_rules`
+A recipe is data, not a class: an ordered list of ``{rule name: parameters}``, exactly what a
+preset YAML holds under ``aggregation.rules`` and what :func:`~rayfl.aggregation.build.build_rules`
 chains. Every recipe ends with exactly one lr rule, so every run records ``agg/lr``.
 
 - ``kasync``: K-async SGD (Dutta et al., AISTATS 2018): plain average, fixed learning rate.
@@ -17,12 +17,12 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-RuleSpec = dict[str, dict[str, Any]]
+RuleSpec = list[dict[str, dict[str, Any]]]
 
 
 def kasync() -> RuleSpec:
     """K-async SGD: g_t = mean_i g_i, eta_t = eta."""
-    return {"mean": {}, "weighted_sum": {}, "constant_lr": {}}
+    return [{"mean": {}}, {"weighted_sum": {}}, {"constant_lr": {}}]
 
 
 def wkafl(
@@ -38,15 +38,15 @@ def wkafl(
 ) -> RuleSpec:
     """WKAFL (spec 3.2-3.9): momentum and clip, staleness weights, estimate, similarity selection,
     stage-two clip, weighted sum, staleness-aware learning rate. Defaults are the spec's."""
-    return {
-        "momentum_clip": {"alpha": alpha, "c1": c1},
-        "staleness_weights": {"lam": lam},
-        "estimate": {},
-        "similarity_select": {"c_min": c_min, "beta": beta},
-        "stage_two_clip": {"c2": c2, "t2": t2},
-        "weighted_sum": {},
-        "staleness_lr": {"gamma": gamma, "form": lr_form},
-    }
+    return [
+        {"momentum_clip": {"alpha": alpha, "c1": c1}},
+        {"staleness_weights": {"lam": lam}},
+        {"estimate": {}},
+        {"similarity_select": {"c_min": c_min, "beta": beta}},
+        {"stage_two_clip": {"c2": c2, "t2": t2}},
+        {"weighted_sum": {}},
+        {"staleness_lr": {"gamma": gamma, "form": lr_form}},
+    ]
 
 
 RECIPES: dict[str, Callable[..., RuleSpec]] = {"kasync": kasync, "wkafl": wkafl}

@@ -5,42 +5,40 @@ Zhou et al., "Towards efficient and stable K-asynchronous federated learning wit
 gradients on non-IID data" (IEEE TPDS 2022, arXiv 2203.01214), as used by AKAFL-RJ Algorithm 1
 lines 13-28, and the plain average of K-async SGD (Dutta et al., AISTATS 2018).
 
-Each factory returns a :class:`~rayfl.aggregation.base.Rule` ``(init, update)`` with explicit state
-(:class:`EmptyState` for all rules here: everything an iteration needs, including ``g_{t-1}``,
-travels in the :class:`~rayfl.aggregation.base.Step`). Rules compose with ``chain``; WKAFL is a
-recipe (``recipes.py``), not a class. Shapes: ``updates`` (K, P) float32, ``weights`` (K,) float64
+Each factory returns a :class:`~rayfl.aggregation.base.Rule` ``(init, update, stage, commit)`` with
+explicit state (:class:`EmptyState` for every rule here but ``momentum_clip``, which keeps g_{t-1}
+in a :class:`MomentumState`). Rules compose with ``chain``; WKAFL is a recipe (``recipes.py``),
+not a class. Shapes: ``updates`` (K, P) float32, ``weights`` (K,) float64
 summing to 1, ``estimate``/``direction`` (P,) float32. No rule mutates its input arrays.
 
 Example::
 
     rule = chain(staleness_weights(), estimate(), similarity_select(), weighted_sum(),
                  staleness_lr())
-    step, state = rule.update(start_step(t, updates, tau, losses, lr=0.005), rule.init())
-    w_next = w - step.lr * final_direction(step)
+    step, state = rule.update(start_step(t, updates, tau, losses, lr=0.005), rule.init(w), w)
+    w_next = w - step.lr * step.direction
 
 Note: adaptive K (spec section 4), remodel (section 5) and judgement (section 6), the AKAFL
 additions, are *control rules*: they act on the server loop (change K for the next iteration,
 resend the model to stale clients, keep the previous model) rather than on the K updates of one
 iteration, so they live in the server's control hook, not in this chain.
 
-Configs pick rules by name from :data:`RULES`; :func:`build_rules` turns the ``aggregation.rules``
-mapping of a preset into one chained rule and reports bad names or parameters as
-:class:`~rayfl.errors.ConfigError` naming ``aggregation.rules.<rule>.<param>``.
+Configs pick rules by name from :data:`RULES` (or by import path, for a user's own rule);
+:func:`rayfl.aggregation.build.build_rules` turns the ``aggregation.rules`` list of a preset into
+one chained rule.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import math
-from collections.abc import Callable, Mapping
-from typing import Any, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 
-from rayfl.aggregation.base import Rule, Step, chain
-from rayfl.errors import ConfigError
-from rayfl.validation import check_int, check_real, fail, is_int, is_real
+from rayfl.aggregation.base import Rule, Step
+from rayfl.validation import check_int, check_real, fail
 
 LR_FORMS = ("inverse", "power")
 
@@ -90,13 +88,17 @@ def _estimate_of(step: Step) -> np.ndarray:
     return _weighted_sum(step.weights, step.updates)
 
 
-def _stateless(update: Callable[[Step], Step]) -> Rule:
+def _empty(params: np.ndarray) -> EmptyState:
+    return EmptyState()
+
+
+def _stateless(update: Callable[[Step], Step], stage: str = "updates") -> Rule:
     """Wraps a pure ``Step -> Step`` function as a Rule with :class:`EmptyState`."""
 
-    def update_rule(step: Step, state: EmptyState) -> tuple[Step, EmptyState]:
+    def update_rule(step: Step, state: EmptyState, params: np.ndarray) -> tuple[Step, EmptyState]:
         return update(step), state
 
-    return Rule(EmptyState, update_rule)
+    return Rule(_empty, update_rule, stage)
 
 
 # --- the rules, in the order of spec section 3 ---------------------------------------------------
@@ -115,11 +117,19 @@ def mean() -> Rule:
     return _stateless(update)
 
 
+class MomentumState(NamedTuple):
+    """momentum_clip's state: g_{t-1}, the direction the server last applied (None before any)."""
+
+    previous: np.ndarray | None
+
+
 def momentum_clip(alpha: float = 0.1, c1: float = 100.0) -> Rule:
     """Momentum and clip (spec 3.2): g_i <- clip(g_i + alpha * g_{t-1}, C1).
 
-    g_{t-1} is ``step.previous_direction``; at t = 0 (None) the momentum term is skipped, which is
-    the spec's g_{t-1} = 0. Replaces ``updates``. State: :class:`EmptyState`.
+    g_{t-1} is the direction of the last step the server applied, kept in the rule's own state
+    (:class:`MomentumState`, set by ``commit``: a candidate that judgement rejects does not
+    move it); at t = 0 (None) the momentum term is skipped, which is the spec's g_{t-1} = 0.
+    Replaces ``updates``.
 
     Args:
         alpha: momentum coefficient, >= 0.
@@ -136,16 +146,19 @@ def momentum_clip(alpha: float = 0.1, c1: float = 100.0) -> Rule:
         fix="use a norm > 0, e.g. 100",
     )
 
-    def update(step: Step) -> Step:
-        g = np.asarray(step.updates, dtype=np.float32)  # (K, P)
-        if step.previous_direction is not None and alpha != 0.0:
-            g = (
-                g
-                + np.float32(alpha) * np.asarray(step.previous_direction, dtype=np.float32)[None, :]
-            )
-        return dataclasses.replace(step, updates=clip_by_norm(g, c1))
+    def init(params: np.ndarray) -> MomentumState:
+        return MomentumState(None)
 
-    return _stateless(update)
+    def update(step: Step, state: MomentumState, params: np.ndarray) -> tuple[Step, MomentumState]:
+        g = np.asarray(step.updates, dtype=np.float32)  # (K, P)
+        if state.previous is not None and alpha != 0.0:
+            g = g + np.float32(alpha) * np.asarray(state.previous, dtype=np.float32)[None, :]
+        return dataclasses.replace(step, updates=clip_by_norm(g, c1)), state
+
+    def commit(step: Step, state: MomentumState, params: np.ndarray) -> MomentumState:
+        return MomentumState(step.direction)
+
+    return Rule(init, update, "updates", commit)
 
 
 def staleness_weights(lam: float = 1.0 - math.log(2.0)) -> Rule:
@@ -286,23 +299,24 @@ def weighted_sum() -> Rule:
     def update(step: Step) -> Step:
         return dataclasses.replace(step, direction=_weighted_sum(step.weights, step.updates))
 
-    return _stateless(update)
+    return _stateless(update, "aggregate")
 
 
 def staleness_lr(gamma: float = 0.1, form: str = "inverse") -> Rule:
     """Staleness-aware learning rate (spec 3.9), tau_min = min_i tau_i, eta = ``step.lr``.
 
-    - ``"inverse"`` (default): eta_t = eta / (1 + gamma * tau_min).
-    - ``"power"`` (the paper's eta * tau_min^(-gamma)): eta_t = eta * max(tau_min, 1)^(-gamma);
-      the max(., 1) guard keeps eta_t = eta when the freshest update has tau_min = 0, where
-      0^(-gamma) would be infinite.
+        - ``"inverse"`` (default): eta_t = eta / (1 + gamma * tau_min).
+        - ``"power"`` (the paper's eta * tau_min^(-gamma)): eta_t = eta * max(tau_min, 1)^(-gamma);
+          the max(., 1) guard keeps eta_t = eta when the freshest update has tau_min = 0, where
+          0^(-gamma) would be infinite.
 
-    Sets ``lr`` and records ``agg/lr``. Put exactly one lr rule at the end of a chain: ``step.lr``
-    is the base rate only until an lr rule has run. State: :class:`EmptyState`.
+        Sets ``lr`` and records ``agg/lr``. Put exactly one lr rule at the end of a chain: ``step.lr``
+        is the base rate only until an lr rule has run (a chain holds at most one lr rule, at its end:
+    stage ``lr``). State: :class:`EmptyState`.
 
-    Args:
-        gamma: decay exponent/rate, >= 0.
-        form: ``"inverse"`` or ``"power"``.
+        Args:
+            gamma: decay exponent/rate, >= 0.
+            form: ``"inverse"`` or ``"power"``.
     """
     gamma = check_real(
         "aggregation.rules.staleness_lr.gamma", gamma, low=0.0, fix="use a rate >= 0, e.g. 0.1"
@@ -323,7 +337,7 @@ def staleness_lr(gamma: float = 0.1, form: str = "inverse") -> Rule:
             lr = step.lr * max(tau_min, 1.0) ** (-gamma)
         return dataclasses.replace(step, lr=float(lr)).with_metrics(**{"agg/lr": float(lr)})
 
-    return _stateless(update)
+    return _stateless(update, "lr")
 
 
 def constant_lr() -> Rule:
@@ -336,10 +350,10 @@ def constant_lr() -> Rule:
     def update(step: Step) -> Step:
         return step.with_metrics(**{"agg/lr": float(step.lr)})
 
-    return _stateless(update)
+    return _stateless(update, "lr")
 
 
-# --- registry for configs ------------------------------------------------------------------------
+# --- the shipped rules, by name ------------------------------------------------------------------
 
 RULES: dict[str, Callable[..., Rule]] = {
     "mean": mean,
@@ -352,66 +366,3 @@ RULES: dict[str, Callable[..., Rule]] = {
     "staleness_lr": staleness_lr,
     "constant_lr": constant_lr,
 }
-
-
-def _check_type(rule: str, param: str, value: Any, annotation: Any) -> None:
-    """Checks ``value`` against a factory's annotation: float takes int too; bool is no number."""
-    default_fix = "fix the type in the preset or drop the key to use the default"
-    field = f"aggregation.rules.{rule}.{param}"
-    if annotation is float and not is_real(value):
-        fail(field, value, f"must be a number, got {type(value).__name__}", default_fix)
-    if annotation is int and not is_int(value):
-        fail(field, value, f"must be an integer, got {type(value).__name__}", default_fix)
-    if annotation is str and not isinstance(value, str):
-        fail(field, value, f"must be a string, got {type(value).__name__}", default_fix)
-
-
-def build_rules(spec: Mapping[str, Mapping[str, Any] | None]) -> Rule:
-    """Chains the rules of a preset's ``aggregation.rules`` mapping, in mapping order.
-
-    Args:
-        spec: rule name -> keyword parameters of its factory (None or {} for the defaults).
-
-    Returns:
-        One :class:`Rule`, the ``chain`` of the named rules.
-
-    Raises:
-        ConfigError: an empty or non-mapping spec, an unknown rule name, or an unknown, mistyped
-            or out-of-range parameter; the message names ``aggregation.rules.<rule>.<param>``.
-
-    >>> rule = build_rules({"mean": None, "weighted_sum": {}, "constant_lr": {}})
-    """
-    if not isinstance(spec, Mapping):
-        raise ConfigError(
-            f"aggregation.rules must be a mapping of rule name to parameters, got "
-            f"{type(spec).__name__}: write e.g. `rules: {{mean: {{}}, weighted_sum: {{}}}}`"
-        )
-    if not spec:
-        raise ConfigError(
-            "aggregation.rules is empty: list the rules to chain, e.g. a recipe such as kasync"
-        )
-    rules = []
-    for name, params in spec.items():
-        factory = RULES.get(name) if isinstance(name, str) else None
-        if factory is None:
-            raise ConfigError(
-                f"aggregation.rules.{name} is not a known rule: use one of {', '.join(RULES)}"
-            )
-        if params is None:
-            params = {}
-        if not isinstance(params, Mapping):
-            raise ConfigError(
-                f"aggregation.rules.{name}={params!r} must be a mapping of parameters: "
-                f"write `{name}: {{}}` for the defaults"
-            )
-        signature = inspect.signature(factory, eval_str=True).parameters
-        for param, value in params.items():
-            if param not in signature:
-                known = ", ".join(signature) or "none"
-                raise ConfigError(
-                    f"aggregation.rules.{name}.{param} is not a parameter of {name}: "
-                    f"use one of: {known}"
-                )
-            _check_type(name, param, value, signature[param].annotation)
-        rules.append(factory(**params))
-    return chain(*rules)

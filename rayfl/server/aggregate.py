@@ -1,8 +1,9 @@
 """The aggregation step of one K-async iteration (AKAFL-RJ spec section 3; no Ray).
 
 Updates are checked before they reach the model (:func:`check_update`); the valid ones go through
-the rule chain, which makes the direction g_t and the learning rate eta_t, and the candidate model
-is w_{t+1} = w_t - eta_t g_t (control rules may still reject it: judgement).
+the rule chain, which makes the direction g_t and the learning rate eta_t, and the server optimizer
+makes the candidate model w_{t+1} (SGD: w_t - eta_t g_t); control rules may still reject it
+(judgement).
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from rayfl.aggregation import Rule, Step, final_direction, start_step
+from rayfl.aggregation import Rule, ServerOptimizer, Step, final_direction, start_step
+from rayfl.errors import RayflError
 from rayfl.types import Update
 
 
@@ -41,35 +43,49 @@ def check_update(u: Update, shape: tuple[int, ...], max_norm: float | None) -> s
 
 @dataclasses.dataclass(frozen=True)
 class Aggregate:
-    """The outcome of the rule chain at iteration t."""
+    """The outcome of the rule chain and the server optimizer at iteration t.
 
-    step: Step  # the chain's last Step: weights, lr, metrics
+    The new states are not applied yet: the loop commits them only if the candidate is kept
+    (judgement may reject it; then the rules' ``update`` states still stand, but no ``commit``
+    runs and the optimizer's state stays as it was).
+    """
+
+    step: Step  # the chain's last Step: weights, direction g_t, lr, metrics
     direction: np.ndarray  # (P,) float32 g_t
-    candidate: np.ndarray  # (P,) float32 w_t - eta_t g_t
+    candidate: np.ndarray  # (P,) float32 w_{t+1} as the server optimizer made it
+    rule_state: Any  # the chain's state after its update
+    optimizer_state: Any  # the optimizer's state if the candidate is kept
 
 
 def aggregate(
     rule: Rule,
     rule_state: Any,
+    optimizer: ServerOptimizer,
+    optimizer_state: Any,
     t: int,
     updates: Sequence[Update],
     w: np.ndarray,
     lr: float,
-    previous_direction: np.ndarray | None,
-) -> tuple[Aggregate, Any]:
-    """Runs the rule chain on the K_t valid ``updates`` of iteration t; (aggregate, new state)."""
+) -> Aggregate:
+    """Runs the rule chain and the server optimizer on the K_t valid ``updates`` of iteration t."""
     step = start_step(
         t,
         np.stack([u.vector for u in updates]),
         [t - u.version for u in updates],
         [u.loss for u in updates],
         lr,
-        previous_direction,
+        [u.client_id for u in updates],
     )
-    step, rule_state = rule.update(step, rule_state)
+    step, rule_state = rule.update(step, rule_state, w)
     direction = final_direction(step)
-    candidate = (w - np.float32(step.lr) * direction).astype(np.float32, copy=False)
-    return Aggregate(step, direction, candidate), rule_state
+    candidate, optimizer_state = optimizer.apply(step, optimizer_state, w)
+    candidate = np.asarray(candidate)
+    if candidate.shape != w.shape or candidate.dtype != np.float32:
+        raise RayflError(
+            f"aggregation.optimizer made a model of shape {candidate.shape} and dtype "
+            f"{candidate.dtype}: it must return (P,) float32 like the params it was given"
+        )
+    return Aggregate(step, direction, candidate, rule_state, optimizer_state)
 
 
 def update_rows(t: int, updates: Sequence[Update], weights: Sequence[float]) -> list[dict]:

@@ -24,7 +24,8 @@ import numpy as np
 import ray
 import torch
 
-from rayfl.aggregation import build_rules
+from rayfl.aggregation import build_optimizer, build_rule_list, chain, init_rule_state
+from rayfl.aggregation.build import checkpointable
 from rayfl.aggregation.control import Decision, Feedback, build_controls, decide
 from rayfl.clients.worker import SharedData
 from rayfl.config import ExperimentConfig
@@ -39,7 +40,7 @@ from rayfl.server.versions import VersionStore
 from rayfl.speed import SpeedModel
 from rayfl.types import Job, Update
 
-CHECKPOINT_FORMAT = 1  # bump when the checkpoint's layout changes
+CHECKPOINT_FORMAT = 2  # bump when the checkpoint's layout changes
 
 
 class KAsyncServer:
@@ -61,8 +62,11 @@ class KAsyncServer:
         """
         cfg = self.cfg
         self._build_model()
-        self.rule = build_rules(cfg.aggregation.rules)
-        self.rule_state = self.rule.init()
+        rules = build_rule_list(cfg.aggregation.rules)  # imports user rules in this process
+        self.rule = chain(*(r for _, r in rules))
+        self.rule_state = init_rule_state(rules, self.w)
+        self.optimizer = build_optimizer(cfg.aggregation.optimizer)
+        self.optimizer_state = checkpointable("aggregation.optimizer", self.optimizer.init(self.w))
         self.controls = build_controls(cfg.aggregation.control)
         self.control_state = [c.init(self.k) for _, c in self.controls]
         self._by_version: list[tuple[int, int, float]] = []  # (version, client, finish) heap
@@ -106,7 +110,6 @@ class KAsyncServer:
         self.w = get_flat(self.model)  # (P,) float32
         self.t = 0
         self.k = cfg.aggregation.k
-        self.previous_direction: np.ndarray | None = None
 
     def _make_queue(self) -> VirtualQueue | RealQueue:
         """The clock's job queue, with the speed model of the clients."""
@@ -141,7 +144,7 @@ class KAsyncServer:
 
         Holds the global model, every version a live job still holds (as ObjectRefs, which
         ``write_checkpoint`` resolves), the rule and control states (momentum, adaptive K,
-        judgement's EWMA), the counters, and the live jobs (the virtual clock's heap). Every
+        judgement's EWMA, momentum's g_{t-1}), the server optimizer's state, the counters, and the live jobs (the virtual clock's heap). Every
         random draw in the engine is a pure function of (seed, stream, client, version), so no
         generator state needs saving.
         """
@@ -152,8 +155,8 @@ class KAsyncServer:
             "t": self.t,
             "k": self.k,
             "w": self.w,
-            "previous_direction": self.previous_direction,
             "rule_state": self.rule_state,
+            "optimizer_state": self.optimizer_state,
             "control_state": self.control_state,
             "counters": {
                 "maintained": self.maintained,
@@ -186,8 +189,8 @@ class KAsyncServer:
             )
         self.t, self.k = state["t"], state["k"]
         self.w = state["w"]
-        self.previous_direction = state["previous_direction"]
         self.rule_state, self.control_state = state["rule_state"], state["control_state"]
+        self.optimizer_state = state["optimizer_state"]
         c = state["counters"]
         self.maintained, self.remodels = c["maintained"], c["remodels"]
         self.scheduler.wasted_jobs = c["wasted_jobs"]
@@ -259,22 +262,19 @@ class KAsyncServer:
         t = self.t
         tick = time.perf_counter()
         updates, rejected, wait_s = self._collect()  # --- the first K valid updates ---
-        agg, self.rule_state = aggregate(  # --- the rule chain makes g_t and eta_t ---
+        agg = aggregate(  # --- the rule chain makes g_t and eta_t, the optimizer w_{t+1} ---
             self.rule,
             self.rule_state,
+            self.optimizer,
+            self.optimizer_state,
             t,
             updates,
             self.w,
             self.cfg.aggregation.lr,
-            self.previous_direction,
         )
         self.updates_aggregated += len(updates)
         decision = self._control(t, len(updates), agg)  # --- judgement, remodel, adaptive K ---
-        if decision.keep_previous:
-            self.maintained += 1  # judgement: w_{t+1} = w_t
-        else:
-            self.w = agg.candidate
-            self.previous_direction = agg.direction
+        self._apply(agg, decision.keep_previous)
         self.t = t + 1
         self._send_new_version(updates, decision)  # --- w_{t+1} to the K clients, remodelled ---
         row = self._row(t, len(updates), agg, decision, rejected)
@@ -283,6 +283,17 @@ class KAsyncServer:
         if self.t % self.cfg.eval.every == 0 or self.t == self.cfg.iterations:
             row["eval/accuracy"], row["eval/loss"] = self.evaluate()
         return row, update_rows(t, updates, agg.step.weights)
+
+    def _apply(self, agg: Aggregate, keep_previous: bool) -> None:
+        """Takes the candidate as w_{t+1} and commits the rules' and optimizer's states; or,
+        when judgement keeps the previous model, keeps w_t and the optimizer's state."""
+        self.rule_state = agg.rule_state
+        if keep_previous:
+            self.maintained += 1  # judgement: w_{t+1} = w_t
+            return
+        self.w = agg.candidate
+        self.rule_state = self.rule.commit(agg.step, agg.rule_state, self.w)
+        self.optimizer_state = agg.optimizer_state
 
     def _collect(self) -> tuple[list[Update], dict[str, int], float]:
         """Waits for the first K_t valid updates; (updates, rejected by reason, seconds waited).

@@ -18,6 +18,7 @@ from hypothesis.extra import numpy as hnp
 from rayfl.aggregation import (
     RECIPES,
     RULES,
+    MomentumState,
     Step,
     build_rules,
     chain,
@@ -27,6 +28,7 @@ from rayfl.aggregation import (
     kasync,
     mean,
     momentum_clip,
+    rule_entries,
     similarity_select,
     stage_two_clip,
     staleness_lr,
@@ -49,12 +51,10 @@ def make_step(
     estimate=None,
     iteration: int = 0,
     lr: float = 0.005,
-    previous_direction=None,
 ) -> Step:
     """A Step of three (or K) clients with the given float32 updates."""
     g = np.asarray(updates, dtype=np.float32)
-    prev = None if previous_direction is None else np.asarray(previous_direction, np.float32)
-    step = start_step(iteration, g, staleness, np.ones(len(g)), lr, previous_direction=prev)
+    step = start_step(iteration, g, staleness, np.ones(len(g)), lr)
     if weights is not None:
         step = dataclasses.replace(step, weights=np.asarray(weights, dtype=np.float64))
     if estimate is not None:
@@ -62,8 +62,25 @@ def make_step(
     return step
 
 
-def run(rule, step: Step) -> Step:
-    out, _ = rule.update(step, rule.init())
+def params_of(step: Step) -> np.ndarray:
+    """A model w_t of the step's width (the rules here do not read it)."""
+    return np.zeros(step.updates.shape[1], np.float32)
+
+
+def with_previous(state, previous):
+    """``state`` with every MomentumState in it set to g_{t-1} = ``previous``."""
+    if isinstance(state, MomentumState):
+        return MomentumState(np.asarray(previous, np.float32))
+    if isinstance(state, tuple) and not hasattr(state, "_fields"):
+        return tuple(with_previous(s, previous) for s in state)
+    return state
+
+
+def run(rule, step: Step, previous_direction=None) -> Step:
+    state = rule.init(params_of(step))
+    if previous_direction is not None:
+        state = with_previous(state, previous_direction)
+    out, _ = rule.update(step, state, params_of(step))
     return out
 
 
@@ -105,8 +122,8 @@ def test_staleness_weights_do_not_overflow_on_huge_staleness():
 def test_momentum_clip_with_previous_direction_and_triggered_clip():
     # g_i + 0.1 * [10, 0] = [3, 0], [1, 3], [30, 40]; norms 3, 3.162, 50 > C1 = 5
     # -> the third is clipped to [30, 40] * 5 / 50 = [3, 4]
-    step = make_step([[2, 0], [0, 3], [29, 40]], previous_direction=[10, 0])
-    out = run(momentum_clip(alpha=0.1, c1=5.0), step)
+    step = make_step([[2, 0], [0, 3], [29, 40]])
+    out = run(momentum_clip(alpha=0.1, c1=5.0), step, previous_direction=[10, 0])
     np.testing.assert_allclose(out.updates, [[3, 0], [1, 3], [3, 4]], rtol=1e-6)
     assert out.updates.dtype == np.float32
 
@@ -231,7 +248,6 @@ def wkafl_step(iteration: int) -> Step:
         staleness=[1, 2, 3],
         iteration=iteration,
         lr=0.005,
-        previous_direction=[10, 0],
     )
 
 
@@ -251,7 +267,7 @@ def test_wkafl_recipe_on_three_clients(t2, c2, expected_direction):
     # p ~ exp(10 c) s: p0 / p1 = exp(-0.0936893) * e/2 = 1.2375857 -> p = 0.5530901, 0.4469099, 0
     # eta_t = 0.005 / (1 + 0.1 * tau_min) = 0.005 / 1.1
     rule = build_rules(wkafl(c1=5.0, c2=c2, t2=t2))
-    out = run(rule, wkafl_step(iteration=5))
+    out = run(rule, wkafl_step(iteration=5), previous_direction=[10, 0])
     np.testing.assert_allclose(
         out.weights, [0.5530901, 0.4469099, 0.0], atol=1e-6
     )  # float32 cosines
@@ -277,35 +293,73 @@ def test_kasync_recipe_on_three_clients():
 
 
 def test_wkafl_recipe_has_the_spec_defaults():
-    assert wkafl() == {
-        "momentum_clip": {"alpha": 0.1, "c1": 100.0},
-        "staleness_weights": {"lam": 1 - math.log(2)},
-        "estimate": {},
-        "similarity_select": {"c_min": 0.3, "beta": 10.0},
-        "stage_two_clip": {"c2": 10.0, "t2": 1000},
-        "weighted_sum": {},
-        "staleness_lr": {"gamma": 0.1, "form": "inverse"},
-    }
+    assert wkafl() == [
+        {"momentum_clip": {"alpha": 0.1, "c1": 100.0}},
+        {"staleness_weights": {"lam": 1 - math.log(2)}},
+        {"estimate": {}},
+        {"similarity_select": {"c_min": 0.3, "beta": 10.0}},
+        {"stage_two_clip": {"c2": 10.0, "t2": 1000}},
+        {"weighted_sum": {}},
+        {"staleness_lr": {"gamma": 0.1, "form": "inverse"}},
+    ]
 
 
 @pytest.mark.parametrize("name", sorted(RECIPES))
 def test_every_recipe_ends_with_exactly_one_lr_rule(name):
     spec = RECIPES[name]()
-    names = list(spec)
+    names = [name for name, _ in rule_entries(spec)]
     assert names[-1] in LR_RULES
     assert sum(n in LR_RULES for n in names) == 1
     out = run(build_rules(spec), make_step([[1, 2], [3, 4], [5, 9]], staleness=[0, 1, 2]))
     assert "agg/lr" in out.metrics
-    assert RECIPES[name]() is not spec  # a fresh dict each call: presets may edit it
+    assert RECIPES[name]() is not spec  # a fresh list each call: presets may edit it
 
 
-def test_build_rules_chains_in_mapping_order():
+def test_build_rules_chains_in_list_order():
     step = make_step([[3, 0], [0, 3], [0, 0]], staleness=[0, 1, 2])
-    weighted_then_sum = run(build_rules({"staleness_weights": None, "weighted_sum": {}}), step)
-    sum_then_weighted = run(build_rules({"weighted_sum": {}, "staleness_weights": None}), step)
+    weighted = run(build_rules(["staleness_weights", "weighted_sum"]), step)
+    uniform = run(build_rules(["mean", "weighted_sum"]), step)
     # s = 0.4391551, 0.3231122, 0.2377327 -> [1.3174652, 0.9693367]; uniform -> [1, 1]
-    np.testing.assert_allclose(weighted_then_sum.direction, [1.3174652, 0.9693367], rtol=1e-6)
-    np.testing.assert_allclose(sum_then_weighted.direction, [1.0, 1.0], rtol=1e-6)
+    np.testing.assert_allclose(weighted.direction, [1.3174652, 0.9693367], rtol=1e-6)
+    np.testing.assert_allclose(uniform.direction, [1.0, 1.0], rtol=1e-6)
+
+
+def test_build_rules_reads_the_mapping_form_of_earlier_versions():
+    step = make_step([[3, 0], [0, 3], [0, 0]], staleness=[0, 1, 2])
+    old = run(build_rules({"staleness_weights": None, "weighted_sum": {}}), step)
+    new = run(build_rules([{"staleness_weights": None}, "weighted_sum"]), step)
+    np.testing.assert_array_equal(old.direction, new.direction)
+
+
+def test_a_rule_may_repeat():
+    # clip to 5, then to 2: the second clip acts on the first one's output
+    once = run(build_rules([{"momentum_clip": {"alpha": 0, "c1": 2}}]), make_step([[6, 8]] * 3))
+    twice = run(
+        build_rules(
+            [{"momentum_clip": {"alpha": 0, "c1": 5}}, {"momentum_clip": {"alpha": 0, "c1": 2}}]
+        ),
+        make_step([[6, 8]] * 3),
+    )
+    np.testing.assert_allclose(twice.updates, once.updates, rtol=1e-6)
+    np.testing.assert_allclose(twice.direction, [1.2, 1.6], rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        (
+            ["weighted_sum", "staleness_weights"],
+            r"rules\[1\] staleness_weights \(stage updates\) comes after",
+        ),
+        (["constant_lr", "mean"], r"rules\[1\] mean \(stage updates\) comes after .*constant_lr"),
+        (["weighted_sum", "weighted_sum"], r"rules\[1\] weighted_sum is a second aggregate rule"),
+        (["constant_lr", "staleness_lr"], r"rules\[1\] staleness_lr is a second lr rule"),
+    ],
+)
+def test_stage_order_is_checked(spec, message):
+    with pytest.raises(ConfigError, match=message) as info:
+        build_rules(spec)
+    assert "\n" not in str(info.value)
 
 
 # --- contract: every registered rule -------------------------------------------------------------
@@ -351,8 +405,8 @@ def test_rule_contract(name, iteration):
     step = random_step(seed=7, iteration=iteration)
     frozen = frozen_copy(step)
 
-    state = rule.init()
-    out, new_state = rule.update(frozen, state)
+    state = rule.init(params_of(step))
+    out, new_state = rule.update(frozen, state, params_of(step))
     assert type(new_state) is type(state)
 
     # the input is untouched (read-only arrays would have raised on a write)
@@ -374,14 +428,16 @@ def test_rule_contract(name, iteration):
     assert set(step.metrics) <= set(out.metrics)
 
     # the same input gives the same output
-    again, _ = rule.update(frozen_copy(step), rule.init())
+    again, _ = rule.update(frozen_copy(step), rule.init(params_of(step)), params_of(step))
     assert_steps_equal(again, out)
 
 
 @pytest.mark.parametrize("name", sorted(RULES))
 def test_rule_is_picked_by_build_rules(name):
-    out = run(build_rules({name: None}), random_step(seed=3, iteration=2000))
+    out = run(build_rules([{name: None}]), random_step(seed=3, iteration=2000))
     expected = run(RULES[name](), random_step(seed=3, iteration=2000))
+    # the chain ends by setting g_t (the weighted sum if no rule did), for commits and the optimizer
+    expected = dataclasses.replace(expected, direction=final_direction(expected))
     assert_steps_equal(out, expected)
 
 
@@ -450,7 +506,7 @@ def test_clip_output_norm_is_at_most_c(updates, c):
 @pytest.mark.parametrize(
     ("spec", "path"),
     [
-        ({"fedprox": {}}, "aggregation.rules.fedprox"),
+        ({"fedprox": {}}, "aggregation.rules[0]='fedprox'"),
         ({"momentum_clip": {"beta": 1.0}}, "aggregation.rules.momentum_clip.beta"),
         ({"momentum_clip": {"c1": "big"}}, "aggregation.rules.momentum_clip.c1"),
         ({"staleness_lr": {"gamma": True}}, "aggregation.rules.staleness_lr.gamma"),
@@ -475,17 +531,16 @@ def test_build_rules_errors_name_the_path(spec, path):
 
 
 def test_build_rules_unknown_rule_lists_the_known_ones():
-    with pytest.raises(ConfigError, match="aggregation.rules.fedprox") as info:
-        build_rules({"mean": {}, "fedprox": {}})
+    with pytest.raises(ConfigError, match=r"aggregation.rules\[1\]='fedprox'") as info:
+        build_rules(["mean", "fedprox"])
     for name in RULES:
         assert name in str(info.value)
 
 
-def test_build_rules_rejects_empty_and_non_mapping_specs():
-    with pytest.raises(ConfigError, match="aggregation.rules"):
-        build_rules({})
-    with pytest.raises(ConfigError, match="aggregation.rules"):
-        build_rules(["mean", "weighted_sum"])  # type: ignore[arg-type]
+def test_build_rules_rejects_empty_and_malformed_specs():
+    for spec in ({}, [], "mean", 3, [{"mean": {}, "weighted_sum": {}}], [3]):
+        with pytest.raises(ConfigError, match="aggregation.rules"):
+            build_rules(spec)
 
 
 def test_build_rules_accepts_int_for_float_params():
@@ -503,4 +558,4 @@ def test_factories_validate_direct_calls():
         stage_two_clip(c2=0.0)
     with pytest.raises(ConfigError, match=r"aggregation\.rules\.momentum_clip\.alpha"):
         momentum_clip(alpha=-0.1)
-    assert mean().init() == ()
+    assert mean().init(np.zeros(2, np.float32)) == ()
