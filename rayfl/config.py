@@ -29,7 +29,6 @@ import yaml
 from rayfl.errors import ConfigError
 
 MODEL_NAMES = ("paper_cnn", "mlp")
-_FACTORY_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 
 def _default_rules() -> dict[str, Any]:
@@ -43,13 +42,19 @@ class DataConfig:
     """Which data set, where it lives, and how it is split over the clients."""
 
     dataset: str = "mnist"
-    """mnist (bundled, offline) | emnist-mnist | emnist-digits | emnist-balanced | fashion-mnist | cifar10."""
+    """mnist (bundled, offline) | emnist-mnist | emnist-digits | emnist-balanced | fashion-mnist |
+    cifar10 | an import path 'my_pkg.data:load' to a loader load(**dataset_params) -> Dataset."""
+    dataset_params: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """Keyword arguments of a user data set loader."""
     data_dir: str | None = None
     """Folder for torchvision data sets; null uses the bundled MNIST."""
     download: bool = False
     """Download the data set into data_dir if it is not there."""
     partition: str = "paper"
-    """iid | dirichlet | shards | paper (AKAFL-RJ spec section 7)."""
+    """iid | dirichlet | shards | paper (AKAFL-RJ spec section 7) | an import path
+    'my_pkg.parts:split' to split(labels, num_clients, rng, **partition_params) -> Partition."""
+    partition_params: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """Keyword arguments of a user partitioner."""
     num_clients: int = 100
     """N, the number of (virtual) clients."""
     alpha: float = 0.5
@@ -67,9 +72,14 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         from rayfl.data import DATASETS, PARTITIONERS
+        from rayfl.registry import check_params, resolve
 
-        _one_of("data.dataset", self.dataset, DATASETS)
-        _one_of("data.partition", self.partition, tuple(PARTITIONERS))
+        loader = resolve("data.dataset", self.dataset, dict.fromkeys(DATASETS), "data set")
+        if loader is not None:  # a user's loader: its parameters are checked here, once
+            check_params("data.dataset_params", loader, self.dataset_params)
+        split = resolve("data.partition", self.partition, PARTITIONERS, "partitioner")
+        if self.partition not in PARTITIONERS:
+            check_params("data.partition_params", split, self.partition_params, engine_args=3)
         _positive("data.num_clients", self.num_clients)
         _positive("data.alpha", self.alpha)
         _positive("data.shards_per_client", self.shards_per_client)
@@ -97,7 +107,9 @@ class ModelConfig:
     """Extra keyword arguments for a user factory."""
 
     def __post_init__(self) -> None:
-        if self.name not in MODEL_NAMES and not _FACTORY_PATH.match(self.name):
+        from rayfl.registry import is_import_path
+
+        if self.name not in MODEL_NAMES and not is_import_path(self.name):
             raise ConfigError(
                 f"model.name={self.name!r} is not a known model: use one of "
                 f"{', '.join(MODEL_NAMES)} or an import path 'package.module:factory'"

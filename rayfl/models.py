@@ -8,7 +8,6 @@ workers exchange models and updates as flat float32 vectors of all parameters, i
 
 from __future__ import annotations
 
-import importlib
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -20,6 +19,7 @@ from torch import nn
 from rayfl import seeding
 from rayfl.config import ModelConfig
 from rayfl.errors import ConfigError
+from rayfl.registry import check_params, resolve
 
 ModelFactory = Callable[..., nn.Module]
 
@@ -58,19 +58,7 @@ MODELS: dict[str, ModelFactory] = {"paper_cnn": paper_cnn, "mlp": mlp}
 
 def resolve_factory(name: str) -> tuple[ModelFactory, dict[str, Any]]:
     """The factory for ``model.name``: a shipped name or an import path 'pkg.module:function'."""
-    if name in MODELS:
-        return MODELS[name], {}
-    module_name, _, attr = name.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as e:
-        raise ConfigError(
-            f"model.name={name!r}: cannot import {module_name!r} ({e}): install it or fix the path"
-        ) from None
-    factory = getattr(module, attr, None)
-    if not callable(factory):
-        raise ConfigError(f"model.name={name!r}: {module_name} has no callable {attr!r}")
-    return factory, {}
+    return resolve("model.name", name, MODELS, "model"), {}
 
 
 def build_model(
@@ -78,7 +66,7 @@ def build_model(
 ) -> nn.Module:
     """Builds the model with initial weights drawn from the run's seed (global RNG untouched)."""
     factory, _ = resolve_factory(cfg.name)
-    kwargs: dict[str, Any] = dict(cfg.kwargs)
+    kwargs: dict[str, Any] = check_params("model.kwargs", factory, cfg.kwargs, engine_args=2)
     if cfg.name == "mlp":
         kwargs.setdefault("hidden", tuple(cfg.hidden))
     with torch.random.fork_rng(devices=[]):

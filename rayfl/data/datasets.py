@@ -20,11 +20,13 @@ import functools
 import gzip
 import importlib.resources
 import os
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from rayfl.errors import DataError
+from rayfl.registry import check_params, is_import_path, resolve
 
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable
@@ -43,7 +45,7 @@ DATASETS: tuple[str, ...] = (
 class Dataset:
     """A labelled train/test image set; ``eq=False`` because arrays have no single truth value."""
 
-    name: str  # one of DATASETS
+    name: str  # one of DATASETS, or a user loader's own name
     x_train: np.ndarray  # (N, C, H, W) uint8, C-contiguous, read-only
     y_train: np.ndarray  # (N,) int64 in [0, num_classes)
     x_test: np.ndarray  # (M, C, H, W) uint8, C-contiguous, read-only
@@ -112,16 +114,21 @@ _MNIST_FILES: dict[str, tuple[str, int, int, int]] = {
 
 
 def load_dataset(
-    name: str, data_dir: str | os.PathLike[str] | None = None, download: bool = False
+    name: str,
+    data_dir: str | os.PathLike[str] | None = None,
+    download: bool = False,
+    params: Mapping[str, Any] | None = None,
 ) -> Dataset:
     """Loads a data set by name.
 
     Args:
-        name: One of :data:`DATASETS`.
+        name: One of :data:`DATASETS`, or an import path ``package.module:function`` to a user's
+            loader ``function(**params) -> Dataset``.
         data_dir: Folder that torchvision reads (and downloads into). ``None`` means the bundled
             MNIST, the only set that needs no folder; with a folder, every set, ``mnist``
             included, comes through torchvision.
         download: Let torchvision fetch a missing set into ``data_dir``.
+        params: keyword arguments of a user loader (``data.dataset_params``).
 
     Returns:
         The set as uint8 ``(N, C, H, W)`` images and int64 labels.
@@ -136,8 +143,11 @@ def load_dataset(
         ((60000, 1, 28, 28), (1, 28, 28))
     """
     if name not in _SPECS:
+        if is_import_path(name):
+            return _load_user_dataset(name, params)
         raise DataError(
-            f"unknown data set '{name}' (data.dataset): use one of {', '.join(DATASETS)}"
+            f"unknown data set '{name}' (data.dataset): use one of {', '.join(DATASETS)} or an "
+            "import path 'package.module:loader'"
         )
     if data_dir is None:
         if name == "mnist":
@@ -147,6 +157,18 @@ def load_dataset(
             "(and data.download=true to fetch it)"
         )
     return _load_torchvision(name, os.fspath(data_dir), download)
+
+
+def _load_user_dataset(name: str, params: Mapping[str, Any] | None) -> Dataset:
+    """A user's loader, named by import path; it must return a :class:`Dataset`."""
+    loader = resolve("data.dataset", name, {}, "data set loader")
+    ds = loader(**check_params("data.dataset_params", loader, params))
+    if not isinstance(ds, Dataset):
+        raise DataError(
+            f"data.dataset={name!r} returned {type(ds).__name__}, not a rayfl.data.Dataset: "
+            "build one with Dataset(name, x_train, y_train, x_test, y_test, num_classes, mean, std)"
+        )
+    return ds
 
 
 def load_bundled_mnist() -> Dataset:

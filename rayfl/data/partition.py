@@ -23,12 +23,14 @@ from __future__ import annotations
 import dataclasses
 import math
 import operator
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 from rayfl import seeding
 from rayfl.errors import DataError
+from rayfl.registry import check_params, resolve
 from rayfl.validation import check_int, fail, is_int, is_real
 
 _DIRICHLET_DRAWS = 10  # full re-draws of the Dirichlet split before repairing empty clients
@@ -301,6 +303,7 @@ def partition(
     classes_max: int = 2,
     samples_min: int = 20,
     samples_max: int = 200,
+    params: Mapping[str, Any] | None = None,
 ) -> Partition:
     """Splits ``labels``' samples across ``num_clients`` clients, reproducibly from ``seed``.
 
@@ -316,6 +319,9 @@ def partition(
         classes_max: Most classes per client (paper only).
         samples_min: Fewest samples per client (paper only).
         samples_max: Most samples per client (paper only).
+        params: keyword arguments of a user partitioner (``kind`` an import path
+            ``package.module:function`` to ``function(labels, num_clients, rng, **params)``
+            returning a :class:`Partition` or one index array per client).
 
     Returns:
         The partition; options of other kinds are ignored.
@@ -325,10 +331,9 @@ def partition(
         >>> p.sizes().tolist()
         [2, 2, 1, 1]
     """
+    rng = seeding.rng(seed, seeding.PARTITION)  # np.random.default_rng([seed, 1001])
     if kind not in PARTITIONERS:
-        raise DataError(
-            f"unknown partition kind '{kind}' (data.partition): use one of {', '.join(PARTITIONERS)}"
-        )
+        return _user_partition(labels, kind, num_clients, rng, params)
     options = {
         "alpha": alpha,
         "shards_per_client": shards_per_client,
@@ -337,9 +342,39 @@ def partition(
         "samples_min": samples_min,
         "samples_max": samples_max,
     }
-    rng = seeding.rng(seed, seeding.PARTITION)  # np.random.default_rng([seed, 1001])
     kwargs = {name: options[name] for name in _OPTIONS[kind]}
     return PARTITIONERS[kind](labels, num_clients, rng, **kwargs)
+
+
+def _user_partition(
+    labels: np.ndarray,
+    kind: str,
+    num_clients: int,
+    rng: np.random.Generator,
+    params: Mapping[str, Any] | None,
+) -> Partition:
+    """A user's partitioner, named by import path; its output checked like a shipped one's."""
+    fn = resolve("data.partition", kind, PARTITIONERS, "partitioner")
+    kwargs = check_params("data.partition_params", fn, params, engine_args=3)
+    out = fn(labels, num_clients, rng, **kwargs)
+    try:
+        part = out if isinstance(out, Partition) else Partition.from_lists(list(out))
+    except (TypeError, ValueError) as e:
+        raise DataError(
+            f"data.partition={kind!r} returned {type(out).__name__} ({e}): return a Partition "
+            "or one array of sample indices per client"
+        ) from None
+    sizes = part.sizes()
+    problem = None
+    if part.num_clients != num_clients:
+        problem = f"made {part.num_clients} clients, not data.num_clients={num_clients}"
+    elif part.indices.size and part.indices.max() >= len(labels):
+        problem = f"holds sample index {part.indices.max()}, past the {len(labels)} samples"
+    elif (sizes == 0).any():
+        problem = f"gives client {int(np.argmin(sizes))} no samples"
+    if problem:
+        raise DataError(f"data.partition={kind!r} {problem}: every client needs its own samples")
+    return part
 
 
 # --- helpers ------------------------------------------------------------------------------------

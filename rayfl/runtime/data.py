@@ -35,7 +35,9 @@ class DatasetRefs:
 
 def share_dataset(cfg: ExperimentConfig) -> DatasetRefs:
     """Loads ``cfg``'s data set and puts its arrays in the object store once."""
-    ds = load_dataset(cfg.data.dataset, cfg.data.data_dir, cfg.data.download)
+    ds = load_dataset(
+        cfg.data.dataset, cfg.data.data_dir, cfg.data.download, cfg.data.dataset_params
+    )
     return DatasetRefs(
         name=ds.name,
         data_dir=cfg.data.data_dir,
@@ -64,12 +66,15 @@ def _partition(cfg: ExperimentConfig, labels: np.ndarray) -> Partition:
         classes_max=d.classes_max,
         samples_min=d.samples_min,
         samples_max=d.samples_max,
+        params=d.partition_params,
     )
 
 
 def load_data(cfg: ExperimentConfig) -> tuple[Dataset, Partition]:
     """Loads the data set and partitions it (numpy; no Ray). Raises DataError on bad input."""
-    ds = load_dataset(cfg.data.dataset, cfg.data.data_dir, cfg.data.download)
+    ds = load_dataset(
+        cfg.data.dataset, cfg.data.data_dir, cfg.data.download, cfg.data.dataset_params
+    )
     return ds, _partition(cfg, ds.y_train)
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from rayfl.data import DATASETS, Dataset, load_bundled_mnist, load_dataset
 from rayfl.data import datasets as datasets_module
-from rayfl.errors import DataError
+from rayfl.errors import ConfigError, DataError
 
 MNIST_DIR = pathlib.Path(datasets_module.__file__).parent / "mnist"
 # md5 of the decompressed files, from rayfl/data/mnist/README.md
@@ -253,3 +253,33 @@ def test_data_modules_import_no_torch_or_ray() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+# --- a user's data set, by import path ---
+
+USER_LOADERS = """
+import numpy as np
+from rayfl.data import Dataset
+
+def blobs(n: int = 40, side: int = 4):
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 255, size=(n, 1, side, side), dtype=np.uint8)
+    y = np.arange(n, dtype=np.int64) % 2
+    return Dataset("blobs", x, y, x[:10], y[:10], 2, (0.5,), (0.25,))
+
+def not_a_dataset():
+    return {"x": 1}
+"""
+
+
+def test_user_dataset_by_import_path(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "user_data.py").write_text(USER_LOADERS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    ds = load_dataset("user_data:blobs", params={"n": 20, "side": 6})
+    assert ds.name == "blobs" and ds.x_train.shape == (20, 1, 6, 6) and ds.num_classes == 2
+    with pytest.raises(DataError, match="data.dataset='user_data:not_a_dataset' returned dict"):
+        load_dataset("user_data:not_a_dataset")
+    with pytest.raises(ConfigError, match="data.dataset_params.sides is not a parameter"):
+        load_dataset("user_data:blobs", params={"sides": 6})

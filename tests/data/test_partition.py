@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from rayfl.data import PARTITIONERS, Partition, dirichlet, iid, load_bundled_mnist, paper
 from rayfl.data import partition as make_partition
-from rayfl.errors import DataError
+from rayfl.errors import ConfigError, DataError
 
 # `rayfl.data.partition` is the function (re-exported); the module is reached by its full name.
 partition_module = importlib.import_module("rayfl.data.partition")
@@ -309,7 +309,7 @@ def test_num_clients_validation() -> None:
 
 
 def test_unknown_kind_and_bad_labels() -> None:
-    with pytest.raises(DataError, match="data.partition"):
+    with pytest.raises(ConfigError, match="data.partition='pathological' is not a known"):
         make_partition(balanced_labels(2, 10), "pathological", num_clients=2, seed=0)
     for labels in (np.array([0.5, 1.0]), np.zeros((2, 2), dtype=np.int64), np.array([0, -1])):
         with pytest.raises(DataError, match="labels"):
@@ -391,3 +391,64 @@ def test_paper_property(labels: np.ndarray, data: st.DataObject) -> None:
         client = p.client(i)
         assert np.unique(client).size == client.size
         assert 1 <= np.unique(labels[client]).size <= classes_max
+
+
+# --- a user's partitioner, by import path ---
+
+USER_PARTITIONERS = '''
+import numpy as np
+
+def by_label(labels, num_clients, rng, per_client: int = 3):
+    """Client i holds per_client samples of label i % 10 (a pathological split)."""
+    out = []
+    for i in range(num_clients):
+        pool = np.flatnonzero(labels == i % 10)
+        out.append(rng.choice(pool, size=per_client, replace=False))
+    return out
+
+def too_few(labels, num_clients, rng):
+    return [np.arange(3)] * (num_clients - 1)
+
+def empty_client(labels, num_clients, rng):
+    return [np.arange(3)] * (num_clients - 1) + [np.zeros(0, np.int64)]
+
+def past_the_end(labels, num_clients, rng):
+    return [np.array([len(labels)])] * num_clients
+'''
+
+
+@pytest.fixture
+def user_partitioners(tmp_path, monkeypatch):
+    (tmp_path / "user_parts.py").write_text(USER_PARTITIONERS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+
+def test_user_partitioner_by_import_path(user_partitioners) -> None:
+    labels = balanced_labels(10, 20)
+    p = make_partition(
+        labels, "user_parts:by_label", num_clients=4, seed=0, params={"per_client": 5}
+    )
+    assert p.sizes().tolist() == [5, 5, 5, 5]
+    assert [set(labels[p.client(i)].tolist()) for i in range(4)] == [{0}, {1}, {2}, {3}]
+    again = make_partition(
+        labels, "user_parts:by_label", num_clients=4, seed=0, params={"per_client": 5}
+    )
+    np.testing.assert_array_equal(p.indices, again.indices)  # its rng is the run's seeded one
+
+
+@pytest.mark.parametrize(
+    ("kind", "params", "error", "message"),
+    [
+        ("user_parts:by_label", {"per_clinet": 2}, ConfigError, "did you mean 'per_client'"),
+        ("user_parts:by_label", {"per_client": "x"}, ConfigError, "partition_params.per_client"),
+        ("user_parts:nope", {}, ConfigError, "has no attribute 'nope'"),
+        ("no_such_pkg_xyz:split", {}, ConfigError, "cannot import 'no_such_pkg_xyz'"),
+        ("user_parts:too_few", {}, DataError, "made 3 clients, not data.num_clients=4"),
+        ("user_parts:empty_client", {}, DataError, "gives client 3 no samples"),
+        ("user_parts:past_the_end", {}, DataError, "past the 200 samples"),
+    ],
+)
+def test_user_partitioner_errors_name_the_field(user_partitioners, kind, params, error, message):
+    with pytest.raises(error, match=message) as info:
+        make_partition(balanced_labels(10, 20), kind, num_clients=4, seed=0, params=params)
+    assert "\n" not in str(info.value)
