@@ -1,9 +1,20 @@
 """Client selection (random, pow-d, the incentive mechanism) and the bargaining maths; numpy only.
 
+A selector is a :class:`Selector` (``init``, ``select``, query handlers; :mod:`rayfl.selection.api`);
+the shipped ones and :func:`build_selector` are in :mod:`rayfl.selection.shipped`.
+
 Experiment B lives in :mod:`rayfl.selection.experiment_b` (not re-exported, so that
 ``python -m rayfl.selection.experiment_b`` runs it cleanly).
 """
 
+from rayfl.selection.api import (
+    Ask,
+    ClientView,
+    QueryHandler,
+    RoundContext,
+    Selection,
+    Selector,
+)
 from rayfl.selection.bargaining import (
     BargainParams,
     BargainResult,
@@ -44,9 +55,23 @@ from rayfl.selection.selectors import (
     select_pow_d,
     select_random,
 )
+from rayfl.selection.shipped import (
+    SELECTORS,
+    build_selector,
+    incentive_selector,
+    pow_d_selector,
+    random_selector,
+)
 
 __all__ = [
     "POPULATIONS",
+    "SELECTORS",
+    "Ask",
+    "ClientView",
+    "QueryHandler",
+    "RoundContext",
+    "Selection",
+    "Selector",
     "BargainParams",
     "BargainResult",
     "Bid",
@@ -63,9 +88,11 @@ __all__ = [
     "ape_from_log",
     "bargain",
     "bargain_steps",
+    "build_selector",
     "client_reply",
     "draw_client",
     "draw_population",
+    "incentive_selector",
     "log_nash_product",
     "log_nash_product_coupled",
     "make_bid",
@@ -74,6 +101,8 @@ __all__ = [
     "nbs_coupled",
     "nbs_separable",
     "num_selected",
+    "pow_d_selector",
+    "random_selector",
     "reference_time",
     "select_incentive",
     "select_pow_d",
