@@ -5,9 +5,11 @@ for the clients that worker serves. Everything private to a client stays in here
 data size, its loss F_i(w(t)), its speed and training time, its costs, its sensitivities
 (gamma_i, mu_i) and bargaining parameters (beta_i, delta_i). What it hands out is:
 
-- to the selection (server side): :class:`~rayfl.selection.Bid`, :class:`~rayfl.selection.Offer`
-  and :class:`~rayfl.selection.Response` (incentive), or :class:`~rayfl.selection.LossReport`
-  (pow-d, which asks for the loss by design);
+- to the selection (server side): the replies of the run's selector's query handlers
+  (:meth:`RoundClients.query`; :mod:`rayfl.selection.api`), which see the client through a
+  :class:`RoundClient` view. The server accepts only the reply types each handler declares:
+  ``Bid``, ``Offer`` and ``Response`` for the incentive mechanism, ``LossReport`` for pow-d (which
+  asks for the loss by design);
 - after selection, to the aggregation: :class:`RoundUpdate` (the trained weights and the sample
   count FedAvg weights them by, section 1);
 - to the simulator's records only, never to the selection: :meth:`RoundClients.utilities`, the
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,16 +34,10 @@ import torch.nn.functional as F
 from rayfl import seeding
 from rayfl.config import ExperimentConfig
 from rayfl.models import set_flat
-from rayfl.selection import (
-    Bid,
-    BidParams,
-    ClientPrivate,
-    LossReport,
-    Offer,
-    draw_client,
-    make_bid,
-)
-from rayfl.selection.messages import Reply, bid_terms, client_replies, offers_by_client
+from rayfl.selection.api import Selector, by_client
+from rayfl.selection.messages import BidParams, ClientPrivate, bid_terms
+from rayfl.selection.population import draw_client
+from rayfl.selection.shipped import build_selector
 from rayfl.speed import SpeedModel
 from rayfl.training import UpdateComputer
 
@@ -55,17 +52,46 @@ class RoundUpdate:
     num_samples: int  # |D_i|, FedAvg's weight (section 1)
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class RoundClient:
+    """One client of this worker in round t, as the selector's query handlers see it
+    (:class:`~rayfl.selection.api.ClientView`). It lives for one worker call."""
+
+    _owner: RoundClients  # private: a handler sees one client, not its worker's others
+    client_id: int
+    t: int
+    weights: np.ndarray  # (P,) float32 w(t)
+
+    @property
+    def cfg(self) -> ExperimentConfig:
+        return self._owner.cfg
+
+    @property
+    def data_size(self) -> int:
+        return int(self._owner.sizes[self.client_id])
+
+    @property
+    def reference_time(self) -> float:
+        return self._owner.tau_ref
+
+    def loss(self) -> float:
+        return self._owner._loss(self.client_id, self.t, self.weights)
+
+    def traits(self) -> ClientPrivate:
+        return self._owner._me(self.client_id)
+
+
 class RoundClients:
-    """Training, losses, bids and bargaining replies for the clients of one worker."""
+    """Training, the selector's queries and the realised utilities for one worker's clients."""
 
     def __init__(self, computer: UpdateComputer, cfg: ExperimentConfig):
         self.c = computer
+        self.cfg = cfg
         self.seed = cfg.seed
         self.epochs = cfg.selection.epochs
         self.loss_batches = cfg.selection.loss_batches
         self.local_lr = cfg.client.local_lr
         inc = cfg.incentive
-        self.delta_s = inc.delta_s
         self.bid_params = BidParams(self.epochs, inc.c_comp, inc.c_comm)
         self.population = inc.population()
         self.sizes = np.diff(computer.offsets)  # (N,) |D_i|
@@ -77,6 +103,7 @@ class RoundClients:
         self._private: dict[int, ClientPrivate] = {}
         self._round = -1
         self._losses: dict[int, float] = {}  # F_i(w(t)) of the current round
+        self._selector: Selector | None = None  # the run's selector, for its query handlers
 
     # --- private state ------------------------------------------------------------------------
 
@@ -120,41 +147,24 @@ class RoundClients:
 
     # --- what the selection receives ------------------------------------------------------------
 
-    def loss_reports(
-        self, client_ids: Sequence[int], t: int, weights: np.ndarray
-    ) -> list[LossReport]:
-        """pow-d: each candidate's F_i(w(t)) (pow-d reveals the loss by design)."""
-        return [LossReport(int(i), self._loss(int(i), t, weights)) for i in client_ids]
+    def query(
+        self, name: str, items: Sequence[Any], payload: Any, t: int, weights: np.ndarray
+    ) -> list[list[Any]]:
+        """The replies of the selector's handler ``name``, one list per client of ``items``
+        (client ids, or messages with a ``client_id``), in the order of their first items.
 
-    def _bid(self, client_id: int, t: int, weights: np.ndarray) -> Bid:
-        return make_bid(
-            self._me(client_id), self._loss(client_id, t, weights), self.tau_ref, self.bid_params
-        )
-
-    def bids(self, client_ids: Sequence[int], cap: float, t: int, weights: np.ndarray) -> list[Bid]:
-        """Each client's minimum reward R_{i,S}(t) under the announced cap (section 3).
-
-        The bid does not depend on the cap: a client bids the same in every pass of a round.
+        The selector is built from the run's config, as on the server
+        (:func:`~rayfl.selection.shipped.build_selector`), once per worker. The server checks the
+        replies' types against the handler's declared ones.
         """
-        return [self._bid(int(i), t, weights) for i in client_ids]
-
-    def replies(
-        self, offers: Sequence[Offer], cap: float, t: int, weights: np.ndarray
-    ) -> list[Reply]:
-        """Each addressed client's answers to the server's offers, up to its first Response
-        (section 5; :func:`~rayfl.selection.messages.client_replies`).
-
-        The client's bid is recomputed from (t, w(t)) if this worker did not take it (a worker
-        restarted, or the client's calls moved to another worker): it is a pure function of
-        them, so any worker answers the same.
-        """
-        return [
-            r
-            for i, mine in offers_by_client(offers).items()
-            for r in client_replies(
-                self._me(i), self._bid(i, t, weights).amount, cap, self.delta_s, mine
-            )
-        ]
+        if self._selector is None:
+            self._selector = build_selector(self.cfg)
+        handle = self._selector.handlers[name].handle
+        out = []
+        for i, mine in by_client(items).items():
+            got = handle(RoundClient(self, i, t, weights), mine, payload)
+            out.append(got if isinstance(got, list) else [got])
+        return out
 
     # --- after selection ---------------------------------------------------------------------------
 

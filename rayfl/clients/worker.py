@@ -26,7 +26,6 @@ from rayfl.config import ExperimentConfig
 from rayfl.errors import ConfigError
 from rayfl.heap import HeapTrimmer
 from rayfl.models import build_model
-from rayfl.selection import Bid, LossReport, Offer, Response
 from rayfl.training import UpdateComputer
 from rayfl.types import Job, Update
 
@@ -152,7 +151,7 @@ class ClientWorker:
 
         return await loop.run_in_executor(self._executor, work)
 
-    # --- synchronous rounds (incentive spec): what leaves a worker is only these messages ---
+    # --- synchronous rounds: what leaves a worker is only what these methods return ---
 
     async def _in_thread(self, method: str, *args: Any) -> Any:
         """Runs ``RoundClients.<method>(*args)`` in the compute thread."""
@@ -174,25 +173,13 @@ class ClientWorker:
         return await self._in_thread("train", client_ids, t, weights)
 
     @ray.method(enable_task_events=False)
-    async def round_losses(
-        self, client_ids: list[int], t: int, weights: np.ndarray
-    ) -> list[LossReport]:
-        """pow-d: each candidate's F_i(w(t)), computed here on its local data."""
-        return await self._in_thread("loss_reports", client_ids, t, weights)
-
-    @ray.method(enable_task_events=False)
-    async def round_bids(
-        self, client_ids: list[int], cap: float, t: int, weights: np.ndarray
-    ) -> list[Bid]:
-        """Incentive: each client's bid under ``cap``; its loss and costs stay here."""
-        return await self._in_thread("bids", client_ids, cap, t, weights)
-
-    @ray.method(enable_task_events=False)
-    async def round_replies(
-        self, offers: list[Offer], cap: float, t: int, weights: np.ndarray
-    ) -> list[Offer | Response]:
-        """Incentive: each client's accepts / counter-offers to the server's offers."""
-        return await self._in_thread("replies", offers, cap, t, weights)
+    async def query(
+        self, name: str, items: list[Any], payload: Any, t: int, weights: np.ndarray
+    ) -> list[list[Any]]:
+        """The selector's query ``name`` for the clients of ``items`` (ids or messages with a
+        ``client_id``): its handler's replies, one list per client; the server checks their
+        types (:meth:`RoundClients.query`). The one remote method every selector asks through."""
+        return await self._in_thread("query", name, items, payload, t, weights)
 
     @ray.method(enable_task_events=False)
     async def round_utilities(

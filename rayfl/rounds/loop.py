@@ -2,22 +2,25 @@
 
 Round t, from w(t):
 
-1. **select** C(t): ``random`` (M uniformly), ``pow-d`` (d candidates by |D_i|, the M with the
-   highest reported loss; Cho, Wang and Joshi 2022) or ``incentive`` (cap, bids, candidates,
-   cheapest first, decomposed alternating-offers bargaining, additional selection, carry-over:
-   :func:`rayfl.selection.select_incentive`); M(t) = max(1, floor(K n(t)));
+1. **select** C(t) with the run's selector (:mod:`rayfl.selection.api`: ``select(context, state,
+   ask) -> (selection, state)``): ``random`` (M uniformly), ``pow-d`` (d candidates by |D_i|, the
+   M with the highest reported loss; Cho, Wang and Joshi 2022), ``incentive`` (cap, bids,
+   candidates, cheapest first, decomposed alternating-offers bargaining, additional selection,
+   carry-over: :func:`rayfl.selection.select_incentive`) or a user's selector;
+   M(t) = max(1, floor(K n(t)));
 2. **train**: each selected client runs E local epochs from w(t) on its worker, in parallel;
 3. **aggregate** (FedAvg, section 1): w(t+1) = sum_i |D_i| w_i / sum_i |D_i|;
 4. **evaluate** w(t+1) and **record** the round (section 8): payments, leftover, carried budget,
    the server's utility u_S(t) = G_hat(t) - c_S |C(t)| - sum_i x_i, the clients' realised
    utilities, social welfare, the Nash product of the bargain and its APE against the exact NBS.
 
-An empty candidate set (nobody bids under the cap) skips the round: no training, w(t+1) = w(t),
-the whole budget carries over, and the round is recorded with ``skipped = True``.
+An empty selection (the incentive mechanism's when nobody bids under the cap) skips the round:
+no training, w(t+1) = w(t), and the round is recorded with ``skipped = True``.
 
 What enters the server from the workers goes through :meth:`RoundServer._receive`, which counts
-the message types per phase (``RoundServer.received``): during selection only ``Bid``, ``Offer``
-and ``Response`` (incentive) or ``LossReport`` (pow-d, by its design); after selection
+the message types per phase (``RoundServer.received``): during selection only the reply types
+the selector's query handlers declare (``Bid``, ``Offer`` and ``Response`` for the incentive
+mechanism, ``LossReport`` for pow-d, by its design; anything else is an error); after selection
 ``RoundUpdate``; and, for the records only, the clients' realised utilities (floats the selection
 never sees: a real server could not know them, the simulator reports them as the spec asks).
 """
@@ -25,9 +28,11 @@ never sees: a real server could not know them, the simulator reports them as the
 from __future__ import annotations
 
 import collections
+import functools
 import math
+import pickle
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -42,26 +47,30 @@ from rayfl.config import ExperimentConfig
 from rayfl.errors import RayflError
 from rayfl.evaluation import Evaluator
 from rayfl.models import build_model, get_flat
-from rayfl.rounds.records import empty_record, incentive_record
-from rayfl.selection import (
-    IncentiveRound,
-    num_selected,
-    select_incentive,
-    select_pow_d,
-    select_random,
+from rayfl.rounds.records import check_names, merged, round_record
+from rayfl.selection.api import (
+    RoundContext,
+    Selection,
+    by_client,
+    check_asked,
+    check_replies,
+    checked_selection,
 )
+from rayfl.selection.selectors import num_selected
+from rayfl.selection.shipped import build_selector
 from rayfl.speed import SpeedModel
 
 
 class RoundServer:
-    """The global model, the selector's state (carried budget) and evaluation of sync rounds."""
+    """The global model, the selector and its state, and evaluation of sync rounds."""
 
     def __init__(
         self, cfg: ExperimentConfig, data: SharedData, workers: Sequence[Any], sizes: np.ndarray
     ):
         self.cfg = cfg
         self.pool = WorkerPool(workers, data)  # re-runs the calls of a worker that died
-        self.sizes = np.asarray(sizes, dtype=np.int64)  # (N,) |D_i|: pow-d's draw, the clock
+        self.sizes = np.array(sizes, dtype=np.int64)  # (N,) |D_i|: public (selectors), the clock
+        self.sizes.flags.writeable = False  # handed to the selector in every RoundContext
         n = self.sizes.size
         # Simulation time only (sys/virtual_time): a round lasts as long as its slowest client.
         speed = SpeedModel(cfg.clock, n, work=1.0, model_bytes=0, seed=cfg.seed).speed
@@ -69,7 +78,10 @@ class RoundServer:
         self.model = build_model(cfg.model, data.input_shape, data.num_classes, cfg.seed)
         self.w = get_flat(self.model)  # (P,) float32, w(t)
         self.t = 0
-        self.carried = 0.0  # r(t-1), incentive only
+        # The same selector the workers build for its query handlers; its state is explicit
+        # (the incentive mechanism's carried budget r(t-1)) and checkpointed with the run.
+        self.selector = build_selector(cfg)
+        self.selector_state = self.selector.init(n)
         self.virtual_time = 0.0
         self.received: dict[str, collections.Counter[str]] = collections.defaultdict(
             collections.Counter
@@ -89,12 +101,13 @@ class RoundServer:
     def checkpoint(self) -> dict[str, Any]:
         """Everything a resumed run needs, at a round boundary. Every random draw of round t
         derives from (seed, t) (and the clients' traits from (seed, client)), so no generator
-        state is kept: a run resumed at round t ends on the same weights as an unbroken one."""
+        state is kept: a run resumed at round t ends on the same weights as an unbroken one. The
+        selector's state is copied, so a later round cannot change a checkpoint not yet written."""
         return {
             "mode": "sync",
             "t": self.t,
             "w": self.w.copy(),
-            "carried": self.carried,
+            "selector_state": self._copied_selector_state(),
             "virtual_time": self.virtual_time,
             "accuracy": list(self.accuracy),
             "gains": list(self.gains),
@@ -110,9 +123,14 @@ class RoundServer:
                 f"the checkpoint's model has {state['w'].size} parameters, the config's "
                 f"{self.w.size}: resume with the run's own config.yaml (do not --set model.*)"
             )
+        if "selector_state" not in state:
+            raise RayflError(
+                "the checkpoint was written by an older rayfl (no selector state): run the "
+                "experiment again"
+            )
         self.t = int(state["t"])
         self.w = state["w"].astype(np.float32, copy=True)
-        self.carried = float(state["carried"])
+        self.selector_state = state["selector_state"]
         self.virtual_time = float(state["virtual_time"])
         self.accuracy = list(state["accuracy"])
         self.gains = list(state["gains"])
@@ -120,6 +138,18 @@ class RoundServer:
         for phase, counts in state["received"].items():
             self.received[phase].update(counts)
         self.calls.update(state["calls"])
+
+    def _copied_selector_state(self) -> Any:
+        """The selector's state through pickle: a copy, and the proof that the checkpoint file
+        (a pickle) can hold it."""
+        try:
+            return pickle.loads(pickle.dumps(self.selector_state, protocol=5))
+        except Exception as e:  # noqa: BLE001 - whatever the selector keeps, say which field
+            raise RayflError(
+                f"selection.kind={self.cfg.selection.kind!r}: the selector's state (a "
+                f"{type(self.selector_state).__name__}) cannot be checkpointed "
+                f"({type(e).__name__}): keep it to numbers, arrays, lists and dicts"
+            ) from None
 
     # --- messages from the workers --------------------------------------------------------------
 
@@ -130,21 +160,27 @@ class RoundServer:
         submit: Callable[[Any, list[Any]], Any],
         order: Sequence[int] | None = None,
         aligned: bool = False,
+        grouped: bool = False,
     ) -> list[Any]:
         """The one door through which worker replies reach the server; counts their types.
 
         ``submit(worker, part)`` makes one actor call for the part of ``items`` (client ids or
         offers) whose clients that worker serves: one call per worker, all in flight at once,
-        re-run on a live worker if its worker dies (:meth:`WorkerPool.map`). With ``order``
-        (client ids), messages come back in that order whatever the number of workers, so
-        tie-breaks and the FedAvg sum do not depend on the pool size. With ``aligned`` (each call
-        returns one result per item of its part, items distinct), results come back in the
-        order of ``items``.
+        re-run on a live worker if its worker dies (:meth:`WorkerPool.map`). Results come back
+        in an order that does not depend on the number of workers, so tie-breaks and the FedAvg
+        sum do not either: with ``order`` (client ids), messages are sorted into that order; with
+        ``aligned`` (each call returns one result per item of its part, items distinct), in the
+        order of ``items``; with ``grouped`` (each call returns one list per client of its part,
+        in the order of the clients' first items), flattened in the order of the clients' first
+        items.
         """
         parts = self.pool.map(items, submit, key=_client_of)
         if aligned:
             of = {x: r for part, res in parts for x, r in zip(part, res, strict=True)}
             out = [of[x] for x in items]
+        elif grouped:
+            lists = {c: r for part, res in parts for c, r in zip(by_client(part), res, strict=True)}
+            out = [msg for c in by_client(items) for msg in lists[c]]
         else:
             out = [msg for _, res in parts for msg in res]  # each call returns a list
         self.received[phase].update(type(x).__name__ for x in out)
@@ -165,25 +201,24 @@ class RoundServer:
         started = time.perf_counter()
         m = num_selected(cfg.selection.k_fraction, self.sizes.size)
         w_ref = ray.put(self.w)  # w(t), once in the object store for every worker
-        record: dict[str, Any] = empty_record(t, cfg.selection.kind, m)
-        selected, payments, incentive = self._select(t, m, w_ref, record)  # --- C(t) ---
-        updates = self._train(t, selected, payments, w_ref, record)  # --- E epochs, FedAvg ---
-        acc, loss = self._evaluate_round(t, selected)  # --- w(t+1) ---
+        selection = self._select(t, m, w_ref)  # --- C(t) ---
+        updates, client_utilities = self._train(t, selection, w_ref)  # --- E epochs, FedAvg ---
+        acc, loss = self._evaluate_round(t, selection.clients)  # --- w(t+1) ---
         self.accuracy.append(acc)
         self.t += 1
-        u_server = self._utilities(selected, payments, record)  # --- section 8 ---
-        record["accuracy"] = acc
+        outcome = self._outcome(selection, client_utilities)  # --- section 8 ---
+        record = round_record(t, cfg.selection.kind, m, selection, outcome, acc)
         now = time.perf_counter()
-        u_clients_sum = record["client_utility_sum"]
+        k = len(selection.clients)
         row: dict[str, Any] = {
             "iteration": t,
             "train/loss": float(np.mean([u.loss for u in updates])) if updates else math.nan,
-            "agg/k": int(selected.size),
+            "agg/k": k,
             "sel/m": m,
-            "sel/skipped": float(not selected.size),
-            "util/server": u_server,
-            "util/clients": u_clients_sum,
-            "util/social_welfare": u_server + u_clients_sum,
+            "sel/skipped": float(not k),
+            "util/server": outcome["server_utility"],
+            "util/clients": outcome["client_utility_sum"],
+            "util/social_welfare": outcome["social_welfare"],
             "sys/virtual_time": self.virtual_time,
             "sys/worker_failures": self.pool.failures,
             "sys/round_s": now - started,
@@ -193,73 +228,62 @@ class RoundServer:
             row["eval/accuracy"] = acc
         if not math.isnan(loss):
             row["eval/loss"] = loss
-        if incentive is not None:
-            row.update(incentive.metrics())
+        row = merged(cfg.selection.kind, "metrics", row, selection.metrics)
         return row, record, _update_rows(t, updates)
 
-    def _select(
-        self, t: int, m: int, w_ref: Any, record: dict[str, Any]
-    ) -> tuple[np.ndarray, np.ndarray, IncentiveRound | None]:
-        """C(t) by the configured selector: (selected client ids, payments, incentive round)."""
-        cfg, n = self.cfg, self.sizes.size
-        rng = seeding.rng(cfg.seed, seeding.SELECTION, t)
-        if cfg.selection.kind == "random":
-            return select_random(np.arange(n), m, rng), np.zeros(0), None
-        if cfg.selection.kind == "pow-d":
-
-            def losses(ids: Sequence[int]) -> list[Any]:
-                return self._receive(
-                    "selection",
-                    ids,
-                    lambda w, part: w.round_losses.remote(part, t, w_ref),
-                    order=ids,
-                )
-
-            pow_d = select_pow_d(self.sizes, losses, cfg.selection.d, m, rng)
-            record["candidates"] = pow_d.candidates.tolist()
-            record["candidate_losses"] = pow_d.losses.tolist()
-            return pow_d.selected, np.zeros(0), None
-
-        def bids(ids: Sequence[int], cap: float) -> list[Any]:
-            return self._receive(
-                "selection",
-                ids,
-                lambda w, part: w.round_bids.remote(part, cap, t, w_ref),
-                order=ids,
-            )
-
-        def replies(offers: Sequence[Any], cap: float) -> list[Any]:
-            # One call per worker answers a window of offers for each of its clients.
-            return self._receive(
-                "selection", offers, lambda w, part: w.round_replies.remote(part, cap, t, w_ref)
-            )
-
-        incentive = select_incentive(
-            np.arange(n),
-            self.carried,
-            cfg.incentive.budget,
-            cfg.selection.k_fraction,
-            bids,
-            replies,
-            cfg.incentive,
-            rng,
+    def _select(self, t: int, m: int, w_ref: Any) -> Selection:
+        """C(t) by the run's selector, from the server's public knowledge and what the clients'
+        query handlers reply; checked (:func:`~rayfl.selection.api.checked_selection`)."""
+        ctx = RoundContext(
+            t=t,
+            num_clients=int(self.sizes.size),
+            m=m,
+            sizes=self.sizes,
+            rng=seeding.rng(self.cfg.seed, seeding.SELECTION, t),
+            accuracy=tuple(self.accuracy),
+            cfg=self.cfg,
         )
-        self.carried = incentive.carried
-        record.update(incentive_record(incentive))
-        return incentive.selected, incentive.payments, incentive
+        ask = functools.partial(self._ask, t, w_ref)
+        out = self.selector.select(ctx, self.selector_state, ask)
+        selection, state = checked_selection(self.cfg.selection.kind, out, ctx)
+        check_names(self.cfg.selection.kind, selection)
+        self.selector_state = state
+        return selection
+
+    def _ask(
+        self, t: int, w_ref: Any, query: str, items: Iterable[Any], payload: Any = None
+    ) -> list[Any]:
+        """The selector's ``ask``: its handler ``query`` answers for each addressed client on
+        the client's worker (``ClientWorker.query``); only the handler's declared reply types
+        pass (:func:`~rayfl.selection.api.check_replies`), grouped by client in the order of
+        their first items."""
+        kind = self.cfg.selection.kind
+        handler = self.selector.handlers.get(query)
+        if handler is None:
+            raise RayflError(
+                f"selection.kind={kind!r}: ask({query!r}) has no handler: register it in "
+                f"Selector.handlers (registered: {', '.join(self.selector.handlers) or 'none'})"
+            )
+        items = list(items)
+        check_asked(kind, query, items, int(self.sizes.size))
+        replies = self._receive(
+            "selection",
+            items,
+            lambda w, part: w.query.remote(query, part, payload, t, w_ref),
+            grouped=True,
+        )
+        check_replies(kind, query, handler, replies)
+        return replies
 
     def _train(
-        self,
-        t: int,
-        selected: np.ndarray,
-        payments: np.ndarray,
-        w_ref: Any,
-        record: dict[str, Any],
-    ) -> list[RoundUpdate]:
+        self, t: int, selection: Selection, w_ref: Any
+    ) -> tuple[list[RoundUpdate], list[float]]:
         """The selected clients train E local epochs from w(t) in parallel; w(t+1) is their
-        FedAvg (section 1). Records the clients' realised utilities (simulator only)."""
+        FedAvg (section 1). Returns the updates and the clients' realised utilities, in
+        selection order (simulator only)."""
+        selected = selection.clients
         if not selected.size:
-            return []
+            return [], []
         ids = selected.tolist()
         updates = self._receive(
             "training", ids, lambda w, part: w.train_round.remote(part, t, w_ref), order=ids
@@ -271,8 +295,8 @@ class RoundServer:
             w += p * u.weights
         self.w = w.astype(np.float32)
         self.virtual_time += float(self.train_time[selected].max())
-        # Simulator's records only: the clients' realised utilities (random / pow-d: unpaid).
-        paid = dict(zip(ids, payments.tolist(), strict=False))
+        # Simulator's records only: the clients' realised utilities (unpaid clients: x_i = 0).
+        paid = dict(zip(ids, np.asarray(selection.payments).tolist(), strict=False))
         utilities = self._receive(
             "records",
             ids,
@@ -281,8 +305,7 @@ class RoundServer:
             ),
             aligned=True,
         )
-        record["client_utilities"] = list(utilities)  # in selection order
-        return updates
+        return updates, list(utilities)
 
     def _evaluate_round(self, t: int, selected: np.ndarray) -> tuple[float, float]:
         """(accuracy, loss) of w(t+1): evaluated every eval.every rounds and at the end; a
@@ -293,10 +316,10 @@ class RoundServer:
             return self.accuracy[-1], math.nan
         return math.nan, math.nan
 
-    def _utilities(
-        self, selected: np.ndarray, payments: np.ndarray, record: dict[str, Any]
-    ) -> float:
-        """Section 8's records of the round just run; returns the server's utility u_S(t).
+    def _outcome(self, selection: Selection, client_utilities: list[float]) -> dict[str, Any]:
+        """Section 8's numbers of the round just run: its realised and predicted gain, the
+        server's utility u_S(t) = G_hat(t) - c_S |C(t)| - sum_i x_i, the clients' realised
+        utilities and the social welfare.
 
         G(t): this round's realised gain; G_hat(t) = (G(t-1) + G(t-2)) / 2, the server's
         prediction of it from the two rounds before (0 before any; NaN gains are skipped).
@@ -306,19 +329,17 @@ class RoundServer:
         predicted = float(np.mean(past)) if past else 0.0
         gain = inc.gain_scale * (self.accuracy[-1] - self.accuracy[-2])
         self.gains.append(gain)
-        u_server = predicted - inc.c_s * selected.size - float(math.fsum(payments))
-        u_clients_sum = float(math.fsum(record["client_utilities"]))
-        record.update(
-            selected=[int(i) for i in selected],
-            num_selected=int(selected.size),
-            skipped=not selected.size,
-            gain=gain,
-            predicted_gain=predicted,
-            server_utility=u_server,
-            client_utility_sum=u_clients_sum,
-            social_welfare=u_server + u_clients_sum,
-        )
-        return u_server
+        paid = float(math.fsum(np.asarray(selection.payments).tolist()))
+        u_server = predicted - inc.c_s * len(selection.clients) - paid
+        u_clients_sum = float(math.fsum(client_utilities))
+        return {
+            "client_utilities": client_utilities,
+            "client_utility_sum": u_clients_sum,
+            "gain": gain,
+            "predicted_gain": predicted,
+            "server_utility": u_server,
+            "social_welfare": u_server + u_clients_sum,
+        }
 
 
 def _update_rows(t: int, updates: list[RoundUpdate]) -> list[dict[str, Any]]:

@@ -1,8 +1,10 @@
 """What a synchronous run records beyond metrics.parquet (incentive spec section 8).
 
-``rounds.parquet`` holds one row per round (:data:`ROUND_COLUMNS`): the selection, the bids,
-caps, payments, bargaining steps, leftover and carried budget, utilities, social welfare, the
-Nash product of the bargain and its APE against the exact NBS, and the accuracy.
+``rounds.parquet`` holds one row per round (:func:`round_record`): the columns every run has
+(:data:`COMMON_COLUMNS`: the selection, payments, utilities, social welfare, the accuracy), then
+the columns the selector records itself (:attr:`~rayfl.selection.api.Selection.record`: the
+incentive mechanism's bids, caps, bargaining steps, leftover and carried budget, the Nash product
+of the bargain and its APE against the exact NBS; pow-d's candidates and their losses).
 :class:`RoundRecords` keeps them for the run folder; :func:`round_summary` gives summary.json's
 numbers, e.g. ``t75`` (:func:`rounds_to`).
 """
@@ -10,104 +12,100 @@ numbers, e.g. ``t75`` (:func:`rounds_to`).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
 
+from rayfl.errors import RayflError
 from rayfl.metrics import write_table
-from rayfl.selection import IncentiveRound
+from rayfl.selection.api import Selection
 
 ROUNDS_FILE = "rounds.parquet"
 T_TARGET = 0.75  # the paper's accuracy target (t75)
 
 
-ROUND_COLUMNS = (
+COMMON_COLUMNS = (
     "round",
     "selector",
     "m",
     "selected",
     "num_selected",
     "skipped",
-    "budget",
-    "announced_caps",
-    "num_bids",
-    "num_candidates",
-    "bids",
-    "caps",
     "payments",
-    "steps",
-    "leftover",
-    "carried",
-    "disagreed",
-    "candidates",
-    "candidate_losses",
-    "server_bargain_utility",
     "client_utilities",
     "client_utility_sum",
     "gain",
     "predicted_gain",
     "server_utility",
     "social_welfare",
-    "log_nash_product",
-    "log_nash_product_nbs",
-    "nash_product",
-    "ape",
     "accuracy",
 )
-"""The columns of rounds.parquet, one row per round (spec section 8)."""
+"""The columns of rounds.parquet whatever the selector (spec section 8); the selector's own
+columns (:attr:`~rayfl.selection.api.Selection.record`) follow them."""
 
 
-def empty_record(t: int, kind: str, m: int) -> dict[str, Any]:
-    nan = math.nan
-    return {
+ROUND_METRICS = (
+    "iteration",
+    "train/loss",
+    "agg/k",
+    "sel/m",
+    "sel/skipped",
+    "util/server",
+    "util/clients",
+    "util/social_welfare",
+    "sys/virtual_time",
+    "sys/worker_failures",
+    "sys/round_s",
+    "sys/wall_s",
+    "eval/accuracy",
+    "eval/loss",
+)
+"""The metric columns the engine writes each round; the selector's own
+(:attr:`~rayfl.selection.api.Selection.metrics`) follow them."""
+
+
+def check_names(kind: str, selection: Selection) -> None:
+    """The selector's columns do not reuse the engine's names: checked before the round trains,
+    so a clash stops the run with nothing of the round done."""
+    merged(kind, "record", dict.fromkeys(COMMON_COLUMNS), selection.record)
+    merged(kind, "metrics", dict.fromkeys(ROUND_METRICS), selection.metrics)
+
+
+def round_record(
+    t: int, kind: str, m: int, selection: Selection, outcome: Mapping[str, Any], accuracy: float
+) -> dict[str, Any]:
+    """Round t's row of rounds.parquet: the common columns, then the selector's record.
+
+    ``outcome``: the round's gain, predicted gain, utilities and social welfare (section 8).
+    """
+    clients = selection.clients
+    common = {
         "round": t,
         "selector": kind,
         "m": m,
-        "budget": nan,
-        "announced_caps": [],
-        "num_bids": [],
-        "num_candidates": [],
-        "bids": [],
-        "caps": [],
-        "payments": [],
-        "steps": [],
-        "leftover": nan,
-        "carried": nan,
-        "disagreed": [],
-        "candidates": [],
-        "candidate_losses": [],
-        "server_bargain_utility": [],
-        "client_utilities": [],
-        "log_nash_product": nan,
-        "log_nash_product_nbs": nan,
-        "nash_product": nan,
-        "ape": nan,
+        "selected": [int(i) for i in clients],
+        "num_selected": len(clients),
+        "skipped": not len(clients),
+        "payments": np.asarray(selection.payments, dtype=np.float64).tolist(),
+        **outcome,
+        "accuracy": accuracy,
     }
+    return merged(kind, "record", common, selection.record)
 
 
-def incentive_record(r: IncentiveRound) -> dict[str, Any]:
-    return {
-        "budget": r.budget,
-        "announced_caps": list(r.announced_caps),
-        "num_bids": list(r.num_bids),
-        "num_candidates": list(r.num_candidates),
-        "bids": r.bids.tolist(),
-        "caps": r.caps.tolist(),
-        "payments": r.payments.tolist(),
-        "steps": r.steps.tolist(),
-        "leftover": float(math.fsum(r.leftover)),
-        "carried": r.carried,
-        "disagreed": r.disagreed.tolist(),
-        "server_bargain_utility": r.server_utility.tolist(),
-        "log_nash_product": r.log_nash_product,
-        "log_nash_product_nbs": r.log_nash_product_nbs,
-        "nash_product": math.exp(r.log_nash_product)
-        if math.isfinite(r.log_nash_product)
-        else math.nan,
-        "ape": r.ape,
-    }
+def merged(kind: str, what: str, base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with the selector's ``extra`` columns after it; a name both hold is an error,
+    so a selector cannot overwrite what the engine records."""
+    clash = sorted(set(base) & set(extra))
+    if clash:
+        raise RayflError(
+            f"selection.kind={kind!r}: Selection.{what} uses the engine's column names "
+            f"{clash}: rename them"
+        )
+    return {**base, **extra}
 
 
 def rounds_to(accuracy: list[float] | np.ndarray, target: float = T_TARGET) -> int | None:
@@ -132,7 +130,7 @@ def round_summary(records: list[dict[str, Any]]) -> dict[str, Any]:
         "t75": rounds_to(acc),
         "rounds_skipped": int(sum(r["skipped"] for r in records)),
         "total_payments": float(sum(pays)),
-        "final_carried": records[-1]["carried"],
+        "final_carried": records[-1].get("carried", math.nan),  # a budget-carrying selector's
         "mean_social_welfare": float(np.nanmean([r["social_welfare"] for r in records])),
     }
 
@@ -161,4 +159,4 @@ class RoundRecords:
 
     def flush(self) -> None:
         if self.records:
-            write_table(self.path, [{c: r[c] for c in ROUND_COLUMNS} for r in self.records])
+            write_table(self.path, self.records)

@@ -19,7 +19,7 @@ from rayfl.clients.rounds import RoundUpdate
 from rayfl.clients.worker import make_pool
 from rayfl.config import load_config
 from rayfl.rounds.loop import RoundServer
-from rayfl.rounds.records import ROUND_COLUMNS, incentive_record
+from rayfl.rounds.records import COMMON_COLUMNS
 from rayfl.runtime.data import load_data, put_data
 from rayfl.selection import (
     BargainParams,
@@ -30,6 +30,7 @@ from rayfl.selection import (
     client_reply,
     select_incentive,
 )
+from rayfl.selection.shipped import SHIPPED_COLUMNS, incentive_record
 
 TINY = [
     "data.num_clients=20",
@@ -63,7 +64,8 @@ def test_each_selector_runs_end_to_end(ray_session, tmp_path, selector):
     assert np.isfinite(acc).all() and (acc > 0.15).any()  # 10 classes: better than chance
     assert (metrics["agg/k"] == 2).all()  # M = max(1, floor(0.1 * 20))
     rounds = rounds_table(res)
-    assert list(rounds.columns) == list(ROUND_COLUMNS)
+    # the engine's columns, then the columns all three shipped selectors record
+    assert list(rounds.columns) == [*COMMON_COLUMNS, *SHIPPED_COLUMNS]
     assert rounds["accuracy"].tolist() == pytest.approx(acc.tolist())
     assert all(len(s) == 2 and len(set(s)) == 2 for s in rounds["selected"])
     upd = pq.read_table(d / "updates.parquet").to_pandas()

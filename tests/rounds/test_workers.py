@@ -40,6 +40,11 @@ def start(preset, *extra):
     return server, workers, info
 
 
+def bids(worker, client_ids, w_ref):
+    """The incentive selector's ``bid`` query on one worker, cap 1.0, round 0: one list per client."""
+    return worker.query.remote("bid", client_ids, 1.0, 0, w_ref)
+
+
 def stop(workers):
     for w in workers:
         ray.kill(w)
@@ -74,18 +79,18 @@ def test_a_restarted_worker_without_data_is_attached_again(ray_session):
         want = sorted(
             (
                 b
-                for _, part in server.pool.map(
-                    ids, lambda w, part: w.round_bids.remote(part, 1.0, 0, w_ref)
-                )
-                for b in part
+                for _, lists in server.pool.map(ids, lambda w, part: bids(w, part, w_ref))
+                for one in lists
+                for b in one
             ),
             key=lambda b: b.client_id,
         )
         pool = WorkerPool([fresh, workers[1]], server.data)
         got = [
             b
-            for _, part in pool.map(ids, lambda w, p: w.round_bids.remote(p, 1.0, 0, w_ref))
-            for b in part
+            for _, lists in pool.map(ids, lambda w, p: bids(w, p, w_ref))
+            for one in lists
+            for b in one
         ]
         assert pool.failures == 1 and not pool.alive[0]
         assert sorted(got, key=lambda b: b.client_id) == want  # all 20 bids, the same
@@ -94,7 +99,7 @@ def test_a_restarted_worker_without_data_is_attached_again(ray_session):
             assert time.perf_counter() < deadline
             pool.check_restarted()
             time.sleep(0.1)
-        parts = pool.map(ids, lambda w, p: w.round_bids.remote(p, 1.0, 0, w_ref))
+        parts = pool.map(ids, lambda w, p: bids(w, p, w_ref))
         assert len(parts) == 2 and pool.failures == 1  # both workers serve again
     finally:
         stop([*workers, fresh])
