@@ -35,6 +35,7 @@ def run(
     callback: Callable[[list[dict[str, Any]]], Any] | None = None,
     resume: str | os.PathLike | None = None,
     on_checkpoint: Callable[[Path], None] | None = None,
+    runtime_env: dict[str, Any] | None = None,
 ) -> RunResult:
     """Runs one experiment and writes its run folder.
 
@@ -54,6 +55,9 @@ def run(
             last checkpoint left off (virtual clock: the final weights equal an uninterrupted
             run's).
         on_checkpoint: called with the run folder after each checkpoint is written.
+        runtime_env: Ray's runtime environment for the run's job when this call starts or
+            connects to Ray, e.g. ``{"py_modules": ["my_pkg"]}`` to ship a user package with
+            its rules, selectors or tasks to every node (docs/extending.md).
 
     Returns:
         A ``RunResult`` with the run folder, summary and final weights.
@@ -73,7 +77,7 @@ def run(
     ds, part = run_data(cfg, dataset)  # bad data fails here, before any folder or Ray exists
     engine = _engine(cfg, part.sizes())
     opts = RunOptions(
-        output, address, progress, dataset, callback, on_checkpoint, mirror, resume_dir
+        output, address, progress, dataset, callback, on_checkpoint, mirror, resume_dir, runtime_env
     )
     return RunDriver(cfg, engine, opts).run(ds, part, restore)
 

@@ -75,6 +75,15 @@ def _add_run(sub: Any) -> None:
     r.add_argument(
         "--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint"
     )
+    r.add_argument(
+        "--py-module",
+        dest="py_modules",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="a local package folder (or .py file) holding your own rules, selectors, tasks...: "
+        "importable here and shipped to every node with Ray's runtime_env (repeatable)",
+    )
     r.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     r.add_argument("--no-plot", action="store_true", help="do not draw the figures at the end")
     r.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
@@ -197,6 +206,7 @@ def _read_summary(where: str) -> dict[str, Any] | None:
 def _run(args: argparse.Namespace) -> int:
     from rayfl.config import dump_config, load_config
 
+    runtime_env = _py_modules(args.py_modules)
     if args.resume is not None:
         if args.config is not None or args.output is not None:
             raise RayflError(
@@ -234,6 +244,7 @@ def _run(args: argparse.Namespace) -> int:
             resume=args.resume,
             address=args.address,
             progress=False if args.no_progress else None,
+            runtime_env=runtime_env,
         )
     except KeyboardInterrupt:
         return _run_interrupted(run_dir, finished=False)
@@ -244,6 +255,25 @@ def _run(args: argparse.Namespace) -> int:
         return _run_interrupted(where, finished=True)
     print(format_summary(result.summary, where, n_figures))
     return 0
+
+
+def _py_modules(paths: list[str]) -> dict[str, Any] | None:
+    """``--py-module`` folders: importable in this process (the config names them and is checked
+    here) and Ray's ``runtime_env`` ``py_modules`` for the server and the workers."""
+    if not paths:
+        return None
+    modules = []
+    for path in map(Path, paths):
+        if not path.exists():
+            raise RayflError(f"--py-module {path} does not exist: check the path")
+        if not (path.is_dir() and (path / "__init__.py").is_file()) and path.suffix != ".py":
+            raise RayflError(
+                f"--py-module {path}: not a package folder (with __init__.py) or a .py file: "
+                "pass the folder of your package"
+            )
+        sys.path.insert(0, str(path.resolve().parent))
+        modules.append(str(path.resolve()))
+    return {"py_modules": modules}
 
 
 def _draw_figures(result: Any, where: str) -> int:

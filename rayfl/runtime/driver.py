@@ -73,6 +73,7 @@ class RunOptions:
     on_checkpoint: Callable[[Path], None] | None = None
     mirror: Mirror | None = None
     resume_dir: Path | None = None
+    runtime_env: dict[str, Any] | None = None
 
 
 class RunDriver:
@@ -91,7 +92,7 @@ class RunDriver:
     def run(self, ds: Any, part: Any, restore: dict[str, Any] | None) -> RunResult:
         """The whole run; the folder is readable whatever happens (see the module docstring)."""
         t0 = time.perf_counter()
-        started_ray = ensure_ray(self.opts.address)
+        started_ray = ensure_ray(self.opts.address, self.opts.runtime_env)
         if restore is not None:
             self.log.load(before_iteration=restore["t"])
             if self.records is not None:

@@ -13,6 +13,7 @@ from typing import Any
 import ray
 
 from rayfl import interrupts
+from rayfl.errors import RayflError
 
 # Not done, on purpose: preloading torch in Ray's prestarted workers (``_system_config=
 # {"preload_python_modules": [...]}``) would start the client workers ~2 s sooner, but numpy is
@@ -21,11 +22,25 @@ from rayfl import interrupts
 # this machine): worker numerics must not depend on how the worker process was started.
 
 
-def ensure_ray(address: str | None = None) -> bool:
-    """Connects to or starts Ray if none is running; True if this call started it."""
+def ensure_ray(address: str | None = None, runtime_env: dict[str, Any] | None = None) -> bool:
+    """Connects to or starts Ray if none is running; True if this call started it.
+
+    ``runtime_env`` (e.g. ``{"py_modules": ["path/to/my_pkg"]}``) becomes the job's runtime
+    environment, so the server and every client worker, on every node, can import a user's
+    rules, selectors and tasks. It needs a Ray this call connects to: a Ray someone else
+    initialised (a Tune trial, a notebook) already has its job's environment.
+    """
     if ray.is_initialized():
+        if runtime_env:
+            raise RayflError(
+                "runtime_env: Ray is already initialised in this process, so rayfl cannot set "
+                "the job's runtime environment: pass it to your ray.init(runtime_env=...) or "
+                "`ray job submit --runtime-env-json`"
+            )
         return False
     kwargs: dict[str, Any] = {"logging_level": "WARNING", "log_to_driver": True}
+    if runtime_env:
+        kwargs["runtime_env"] = runtime_env
     if address is None and not os.environ.get("RAY_ADDRESS"):  # a new local Ray: ours to set
         kwargs["include_dashboard"] = False
     ray.init(address=address, **kwargs)
