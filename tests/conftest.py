@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
 
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-# Test-only user modules (model factories given by import path) must import in Ray's workers,
-# which inherit this environment when the session's Ray starts.
+# Test-only user modules (model factories given by import path) and the examples' user package
+# (examples/rayfl_extras) must import in Ray's workers, which inherit this environment when the
+# session's Ray starts. The multi-node test takes EXAMPLES out again: there the package must
+# reach the nodes through runtime_env.
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
-os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (FIXTURES, os.environ.get("PYTHONPATH")) if p)
+EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    p for p in (FIXTURES, EXAMPLES, os.environ.get("PYTHONPATH")) if p
+)
+sys.path.insert(0, EXAMPLES)
 
 
 @pytest.fixture(scope="session")
