@@ -307,8 +307,9 @@ class ServerConfig:
 class SelectionConfig:
     """Who trains in a synchronous round (``mode: sync``; incentive spec sections 1, 4 and 9)."""
 
-    kind: Literal["random", "pow-d", "incentive"] = "random"
-    """random (M clients uniformly) | pow-d (Cho et al. 2022) | incentive (bids and bargaining)."""
+    kind: str = "random"
+    """random (M clients uniformly) | pow-d (Cho et al. 2022) | incentive (bids and bargaining) |
+    an import path 'my_pkg.module:factory' to a user's selector (docs/extending.md)."""
     params: dict[str, Any] = dataclasses.field(default_factory=dict)
     """Keyword arguments of a user selector's factory (``kind: my_pkg.module:factory``)."""
     k_fraction: float = 0.1
@@ -321,6 +322,11 @@ class SelectionConfig:
     """pow-d and incentive: F_i(w(t)) is the mean loss on this many local mini-batches."""
 
     def __post_init__(self) -> None:
+        from rayfl.registry import check_params, resolve
+        from rayfl.selection.shipped import SELECTORS
+
+        factory = resolve("selection.kind", self.kind, SELECTORS, "selector")
+        check_params("selection.params", factory, self.params)
         if not 0.0 < self.k_fraction <= 1.0:
             raise ConfigError(
                 f"selection.k_fraction={self.k_fraction} is outside (0, 1]: use a fraction of "

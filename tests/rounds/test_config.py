@@ -47,7 +47,7 @@ def test_async_presets_are_unchanged():
         ("selection.k_fraction=0", "selection.k_fraction=0.0 is outside (0, 1]"),
         ("selection.k_fraction=1.5", "selection.k_fraction=1.5 is outside (0, 1]"),
         ("selection.epochs=0", "selection.epochs=0 must be > 0"),
-        ("selection.kind=best", "selection.kind='best' is not one of"),
+        ("selection.kind=best", "selection.kind='best' is not a known selector"),
         ("mode=batch", "mode='batch' is not one of"),
     ],
 )

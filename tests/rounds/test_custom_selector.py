@@ -21,13 +21,10 @@ import ray
 import rayfl
 from rayfl.clients.worker import make_pool
 from rayfl.config import ExperimentConfig, load_config
-from rayfl.errors import RayflError
-from rayfl.rounds.engine import RoundsEngine
+from rayfl.errors import ConfigError, RayflError
 from rayfl.rounds.loop import RoundServer
 from rayfl.rounds.records import COMMON_COLUMNS
-from rayfl.runtime.checkpoint import read_checkpoint
-from rayfl.runtime.data import load_data, put_data, run_data
-from rayfl.runtime.driver import RunDriver, RunOptions
+from rayfl.runtime.data import load_data, put_data
 from rayfl.selection.shipped import SHIPPED_COLUMNS
 
 # The server side imports the user's module here; Ray's workers find it through PYTHONPATH.
@@ -51,15 +48,17 @@ def custom(kind: str, params: dict, *extra: str) -> ExperimentConfig:
     return dataclasses.replace(cfg, selection=selection)
 
 
-def resume(cfg: ExperimentConfig, run_dir: Path):
-    """``rayfl.run(run_dir, resume=run_dir)``, but with the config object: config.yaml's
-    ``selection.kind`` is an import path, which the config loader accepts only once selectors go
-    through the general registry (issue 14 item 1)."""
-    restore = read_checkpoint(run_dir)
-    ds, part = run_data(cfg, None)
-    engine = RoundsEngine(cfg, part.sizes())
-    opts = RunOptions(progress=False, resume_dir=run_dir)
-    return RunDriver(cfg, engine, opts).run(ds, part, restore)
+def test_the_config_takes_a_selector_by_import_path():
+    cfg = load_config(
+        "random",
+        ["selection.kind=custom_selectors:least_picked", "selection.params={payment: 0.5}"],
+    )
+    assert cfg.selection.kind == "custom_selectors:least_picked"
+    with pytest.raises(ConfigError, match="selection.params.paymnt is not a parameter"):
+        load_config(
+            "random",
+            ["selection.kind=custom_selectors:least_picked", "selection.params={paymnt: 1}"],
+        )
 
 
 class Stop(KeyboardInterrupt):
@@ -105,7 +104,7 @@ def test_a_custom_selector_runs_records_and_resumes(ray_session, tmp_path):
     assert state["t"] == 2
     assert np.array_equal(state["selector_state"], after_two)  # the selector's own state
 
-    resumed = resume(cfg, cut)
+    resumed = rayfl.run(resume=cut, progress=False)  # config.yaml names the user's selector
     assert resumed.summary["status"] == "finished"
     assert np.array_equal(resumed.weights, unbroken.weights)
     assert pq.read_table(cut / "rounds.parquet").to_pylist() == rounds
