@@ -31,6 +31,7 @@ REPO = Path(__file__).resolve().parents[2]
 LOCAL_SH = REPO / "cluster" / "local.sh"
 RUN = ["--no-progress", "--no-plot", "--set", "client.num_workers=2"]
 NODES = ("head", "node_a", "node_b")
+EXAMPLES = REPO / "examples"
 
 
 def _free(port: int) -> bool:
@@ -54,7 +55,12 @@ def _free_ports() -> tuple[int, int, int]:
 
 
 def _env(cluster: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of the cluster's nodes and the CLI runs. Without the examples folder on
+    PYTHONPATH (tests/conftest.py puts it there for the session's own Ray): on this cluster the
+    user package examples/rayfl_extras reaches the nodes only through runtime_env."""
     env = dict(os.environ)
+    paths = env.get("PYTHONPATH", "").split(os.pathsep)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p and p != str(EXAMPLES))
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env["RAY_AUTH_MODE"] = "token"  # local.sh and the test session's Ray both use the token
     env.pop("RAY_ADDRESS", None)
@@ -198,6 +204,51 @@ def test_workers_spread_over_nodes_and_match_the_single_node_run(
     same = lambda rows: [(u["iteration"], u["client_id"], u["version"]) for u in rows]  # noqa: E731
     assert same(u_multi) == same(u_single)
     assert s_multi["final_accuracy"] == s_single["final_accuracy"]
+
+
+def test_a_user_package_reaches_every_node_by_runtime_env(local_cluster, tmp_path):
+    """examples/experiment.yaml is made of examples/rayfl_extras' rules, server optimizer and
+    partitioner. The nodes cannot import that package; `--py-module` ships it (Ray's runtime_env
+    py_modules) to the server and the workers on the worker nodes."""
+    args = ["run", str(EXAMPLES / "experiment.yaml"), "--address", local_cluster["address"]]
+    args += [*RUN, "--set", "iterations=12", "--set", "eval.every=6"]
+    # Importable in the driver only: the server actor, on a worker node, cannot import it.
+    driver_only = dict(local_cluster["env"], PYTHONPATH=str(EXAMPLES))
+    failed = subprocess.run(
+        [sys.executable, "-m", "rayfl.cli", *args, "-o", str(tmp_path / "unshipped")],
+        capture_output=True, text=True, timeout=600, env=driver_only, cwd=REPO,
+    )  # fmt: skip
+    assert failed.returncode == 2, failed.stdout[-2000:] + failed.stderr[-2000:]
+    error = failed.stderr.strip().splitlines()[-1]
+    assert "cannot import 'rayfl_extras.rules'" in error and "runtime_env" in error
+    assert "Traceback" not in failed.stderr
+    assert (tmp_path / "unshipped" / "config.yaml").is_file()  # the run folder stays readable
+
+    shipped = tmp_path / "shipped"
+    ship = ["--py-module", str(EXAMPLES / "rayfl_extras")]
+    _rayfl([*args, *ship, "-o", str(shipped)], timeout=600, env=local_cluster["env"])
+    summary, metrics, _ = _read(shipped)
+    assert summary["status"] == "finished" and summary["iterations"] == 12
+    assert len(set(summary["worker_nodes"])) == 2  # the workers ran on both worker nodes
+    assert all(row["extras/trimmed"] == 2.0 for row in metrics)  # the user's aggregator ran
+    bounds = {row["extras/clip_bound"] for row in metrics}
+    assert len(bounds) > 1  # the user's stateful rule ran, its state moved
+    assert summary["final_accuracy"] > 0.2  # 10 classes: it learns
+
+    # Synchronous rounds with the user's selector: its query handler runs in the client workers
+    # on the worker nodes, its replies reach the server, its columns land in rounds.parquet.
+    rounds_dir = tmp_path / "sync"
+    sync = ["run", str(EXAMPLES / "sync-experiment.yaml"), "--address", local_cluster["address"]]
+    _rayfl(
+        [*sync, *RUN, *ship, "--set", "iterations=4", "-o", str(rounds_dir)],
+        600,
+        local_cluster["env"],
+    )
+    summary = json.loads((rounds_dir / "summary.json").read_text())
+    rounds = pq.read_table(rounds_dir / "rounds.parquet").to_pylist()
+    assert summary["status"] == "finished" and len(rounds) == 4
+    assert len(set(summary["worker_nodes"])) == 2
+    assert all(len(r["utilities"]) == 20 and len(r["selected"]) == 4 for r in rounds)
 
 
 def test_tiny_tune_runs_on_the_cluster(local_cluster, tmp_path):
