@@ -281,6 +281,10 @@ def _draw_figures(result: Any, where: str) -> int:
     from rayfl.plots import plot_run
 
     figures = plot_run(result.run_dir)
+    if result.config.tracking and figures:  # the trackers get the figures too
+        from rayfl.tracking import add_files
+
+        add_files(result.run_dir, result.config, figures, result.summary["status"])
     if "storage" in result.summary and figures:
         from rayfl.storage import push_dir
 

@@ -430,6 +430,9 @@ class ExperimentConfig:
     rounds, clients picked by ``selection``."""
     selection: SelectionConfig = dataclasses.field(default_factory=SelectionConfig)
     incentive: IncentiveConfig = dataclasses.field(default_factory=IncentiveConfig)
+    tracking: tuple[str, ...] = ()
+    """Experiment trackers that mirror the run as it goes: any of tensorboard, mlflow, wandb (or
+    an import path to a tracker factory); e.g. [tensorboard, mlflow]. See rayfl/tracking."""
 
     def __post_init__(self) -> None:
         if not re.match(r"^[\w.-]+$", self.name):
@@ -446,6 +449,15 @@ class ExperimentConfig:
         if self.aggregation.staleness == "nominal" and self.clock.kind != "virtual":
             raise ConfigError(
                 "aggregation.staleness=nominal needs clock.kind=virtual: use staleness true"
+            )
+        from rayfl.registry import resolve
+        from rayfl.tracking import TRACKERS
+
+        for i, tracker in enumerate(self.tracking):
+            resolve(f"tracking[{i}]", tracker, TRACKERS, "tracker")
+        if len(set(self.tracking)) < len(self.tracking):
+            raise ConfigError(
+                f"tracking={list(self.tracking)} names a tracker twice: list each once"
             )
         if self.mode == "sync":
             _check_sync(self)

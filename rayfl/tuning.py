@@ -119,6 +119,7 @@ class SearchSpec:
         for path, value in values.items():
             set_path(raw, path, _plain(value), where=f"search.{path}")
         raw.setdefault("client", {})["num_workers"] = self.workers_per_trial
+        raw["tracking"] = []  # a search tracks its trials with Tune's own callbacks instead
         return ExperimentConfig.from_dict(raw)
 
 
@@ -600,8 +601,41 @@ def _new_tuner(
             verbose=verbose,
             # A trial whose run fails (a lost node) is retried from its checkpoint.
             failure_config=ray_tune.FailureConfig(max_failures=TRIAL_RETRIES),
+            callbacks=tracking_callbacks(base.tracking, spec.name),
         ),
     )
+
+
+def tracking_callbacks(names: Sequence[str], experiment: str) -> list[Any]:
+    """Ray Tune's own logger callbacks for the base config's ``tracking``: one MLflow run or W&B
+    run per trial, with its config and every reported result. TensorBoard needs none: Tune writes
+    event files in each trial's folder already (``tensorboard --logdir <storage_path>/<name>``)."""
+    callbacks: list[Any] = []
+    if "mlflow" in names:
+        from ray.air.integrations.mlflow import MLflowLoggerCallback
+
+        callbacks.append(
+            MLflowLoggerCallback(
+                tracking_uri=os.environ.get("MLFLOW_TRACKING_URI"), experiment_name=experiment
+            )
+        )
+    if "wandb" in names:
+        from ray.air.integrations.wandb import WandbLoggerCallback
+
+        callbacks.append(
+            WandbLoggerCallback(
+                project=os.environ.get("WANDB_PROJECT", "rayfl"),
+                group=experiment,
+                mode=os.environ.get("WANDB_MODE", "offline"),
+            )
+        )
+    unknown = [n for n in names if n not in ("tensorboard", "mlflow", "wandb")]
+    if unknown:
+        raise ConfigError(
+            f"tracking={unknown[0]!r}: a search tracks through Ray Tune's callbacks, which know "
+            "tensorboard, mlflow and wandb only: track the search with those"
+        )
+    return callbacks
 
 
 def _scheduler(spec: SearchSpec, base: ExperimentConfig) -> Any:

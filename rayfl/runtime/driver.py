@@ -40,6 +40,7 @@ from rayfl.runtime.engine import Chunk, Engine
 from rayfl.runtime.folder import open_run_dir
 from rayfl.runtime.session import ensure_ray, shutdown_ray
 from rayfl.storage import Mirror
+from rayfl.tracking import open_tracking
 
 
 @dataclasses.dataclass
@@ -85,6 +86,7 @@ class RunDriver:
         self.where = opts.mirror.uri if opts.mirror is not None else str(self.run_dir)
         atomic_write_bytes(self.run_dir / CONFIG_FILE, dump_config(cfg).encode())
         self.log = RunLog(self.run_dir)
+        self.tracking = open_tracking(cfg.tracking, self.run_dir, cfg.name, cfg.to_dict())
         self.records = engine.records(self.run_dir)
         self.checkpointed = opts.resume_dir is not None
         self.status = "running"
@@ -161,6 +163,7 @@ class RunDriver:
                 f"{self.log.iterations_done} iterations: this is a bug, please report it"
             )
         self.log.extend(chunk.metrics, chunk.updates)
+        self.tracking.log(chunk.metrics)
         if self.records is not None:
             self.records.extend(chunk.records)
 
@@ -214,6 +217,9 @@ class RunDriver:
         if self.opts.mirror is not None:
             summary["storage"] = self.opts.mirror.uri
         write_summary(self.run_dir, summary)
+        files = (MODEL_FILE, CONFIG_FILE, "summary.json", "metrics.parquet")
+        self.tracking.artifacts(self.run_dir / f for f in files)
+        self.tracking.finish(self.status)
         if self.opts.mirror is not None:
             self.opts.mirror.push()
         return summary

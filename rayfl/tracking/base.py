@@ -1,0 +1,128 @@
+"""The tracker interface and the run's set of trackers (:class:`Tracking`)."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+from rayfl.errors import RayflError
+from rayfl.registry import build
+
+STATE_FILE = "tracking.json"
+
+
+class Tracker(Protocol):
+    """One tracking backend. ``start`` returns the identity to resume it with later."""
+
+    def start(
+        self, run_dir: Path, name: str, config: Mapping[str, Any], resume: Mapping[str, Any] | None
+    ) -> dict[str, Any]: ...
+
+    def log(self, rows: list[dict[str, Any]]) -> None: ...
+
+    def artifacts(self, paths: Iterable[Path]) -> None: ...
+
+    def finish(self, status: str) -> None: ...
+
+
+def _tensorboard() -> Tracker:
+    from rayfl.tracking.tb import TensorBoardTracker
+
+    return TensorBoardTracker()
+
+
+def _mlflow() -> Tracker:
+    from rayfl.tracking.mlflow_tracker import MlflowTracker
+
+    return MlflowTracker()
+
+
+def _wandb() -> Tracker:
+    from rayfl.tracking.wandb_tracker import WandbTracker
+
+    return WandbTracker()
+
+
+TRACKERS: dict[str, Callable[[], Tracker]] = {
+    "tensorboard": _tensorboard,
+    "mlflow": _mlflow,
+    "wandb": _wandb,
+}
+"""The shipped trackers; each imports its library only when used (``pip install rayfl[mlflow]``)."""
+
+
+def numeric(row: Mapping[str, Any]) -> dict[str, float]:
+    """A metric row's finite numbers (NaN: not evaluated at this step), without ``iteration``."""
+    out = {}
+    for key, value in row.items():
+        if key == "iteration" or isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if math.isfinite(value):
+            out[key] = float(value)
+    return out
+
+
+class Tracking:
+    """The run's trackers; logs each metric row once, even across resumes."""
+
+    def __init__(self, run_dir: Path, trackers: dict[str, Tracker], state: dict[str, Any]):
+        self.run_dir, self.trackers, self.state = run_dir, trackers, state
+
+    def log(self, rows: list[dict[str, Any]]) -> None:
+        """Sends the rows no tracker has seen yet (a resumed run repeats none)."""
+        if not self.trackers or not rows:
+            return
+        for name, tracker in self.trackers.items():
+            last = self.state[name].get("last_step", -1)
+            fresh = [r for r in rows if r["iteration"] > last]
+            if fresh:
+                tracker.log(fresh)
+                self.state[name]["last_step"] = fresh[-1]["iteration"]
+        self._save()
+
+    def artifacts(self, paths: Iterable[Path]) -> None:
+        paths = [p for p in paths if Path(p).is_file()]
+        for tracker in self.trackers.values():
+            tracker.artifacts(paths)
+
+    def finish(self, status: str) -> None:
+        for tracker in self.trackers.values():
+            tracker.finish(status)
+        self._save()
+
+    def _save(self) -> None:
+        (self.run_dir / STATE_FILE).write_text(json.dumps(self.state, indent=1))
+
+
+def open_tracking(
+    names: Iterable[str], run_dir: Path, name: str, config: Mapping[str, Any]
+) -> Tracking:
+    """Starts (or, with a ``tracking.json`` in ``run_dir``, resumes) the configured trackers."""
+    path = run_dir / STATE_FILE
+    saved = json.loads(path.read_text()) if path.is_file() else {}
+    trackers, state = {}, {}
+    for i, tracker_name in enumerate(names):
+        tracker = build(f"tracking[{i}]", tracker_name, TRACKERS, {}, "tracker")
+        try:
+            ident = tracker.start(run_dir, name, config, saved.get(tracker_name))
+        except ImportError as e:
+            raise RayflError(
+                f"tracking[{i}]={tracker_name!r} needs a library that is not installed ({e}): "
+                f"pip install 'rayfl[{tracker_name}]'"
+            ) from None
+        state[tracker_name] = {**(saved.get(tracker_name) or {}), **ident}
+        trackers[tracker_name] = tracker
+    tracking = Tracking(run_dir, trackers, state)
+    if trackers:
+        tracking._save()
+    return tracking
+
+
+def add_files(run_dir: Path, cfg: Any, paths: Iterable[Path], status: str) -> None:
+    """Adds files made after the run (its figures) to the run's tracked runs."""
+    tracking = open_tracking(cfg.tracking, Path(run_dir), cfg.name, cfg.to_dict())
+    tracking.artifacts(paths)
+    tracking.finish(status)
