@@ -32,6 +32,7 @@ class Stop(KeyboardInterrupt):
 def tracked_run(ray_session, tmp_path_factory):
     root = tmp_path_factory.mktemp("tracking")
     with pytest.MonkeyPatch.context() as env:
+        env.chdir(root)  # MLflow puts a SQLite store's artifacts in ./mlruns
         env.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
         env.setenv("WANDB_MODE", "offline")
         env.setenv("WANDB_SILENT", "true")
@@ -113,6 +114,7 @@ def test_a_search_tracks_its_trials_with_tunes_mlflow_callback(ray_session, tmp_
     from rayfl.tuning import tune
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.chdir(tmp_path)  # MLflow puts a SQLite store's artifacts in ./mlruns
     spec = {
         "base": "tiny",
         "name": "tracked-search",
