@@ -18,17 +18,16 @@ from typing import Any, BinaryIO
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from rayfl import heap
+from rayfl.partlog import PartLog, rows_table, write_parquet
 
 METRICS_FILE = "metrics.parquet"
 UPDATES_FILE = "updates.parquet"
 SUMMARY_FILE = "summary.json"
 CONFIG_FILE = "config.yaml"
 MODEL_FILE = "model.pt"
-ROW_GROUP_ROWS = 16_384  # rows per Parquet row group of the run's files
+
 CHECKPOINT_FILE = "checkpoint.pkl"
 
 
@@ -50,69 +49,15 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
     os.replace(tmp, path)
 
 
-def _table(rows: Sequence[Mapping[str, Any]]) -> pa.Table:
-    columns: dict[str, None] = {}
-    for r in rows:
-        for key in r:
-            columns.setdefault(key, None)
-    data = {c: [r.get(c) for r in rows] for c in columns}
-    return pa.table(data)
-
-
 def write_table(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
     """Writes rows (dicts; missing keys become nulls) as a Parquet file, atomically."""
-    _write(path, _table(rows))
-
-
-def _write(path: Path, table: pa.Table) -> None:
-    tmp = _tmp(path)
-    pq.write_table(table, tmp, row_group_size=ROW_GROUP_ROWS)
-    os.replace(tmp, path)
-
-
-def append_rows(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
-    """Appends rows to a Parquet file (creating it), atomically: the file on disk is always
-    complete. New columns are added (earlier rows get nulls); int columns that meet floats
-    become floats.
-
-    The old rows are copied to the new file one row group at a time, so the memory a flush
-    needs stays the same however long the file grows (a long run's driver would otherwise grow
-    with it); small row groups are merged up to ``ROW_GROUP_ROWS`` rows as they are copied.
-    """
-    table = _table(rows)
-    if not path.is_file():
-        _write(path, table)
-        return
-    old = pq.ParquetFile(path)
-    schema = pa.unify_schemas([old.schema_arrow, table.schema], promote_options="permissive")
-    tmp = _tmp(path)
-    with pq.ParquetWriter(tmp, schema) as writer:
-        pending: list[pa.Table] = []
-        for i in range(old.num_row_groups):
-            pending.append(_conform(old.read_row_group(i), schema))
-            if sum(t.num_rows for t in pending) >= ROW_GROUP_ROWS:
-                writer.write_table(pa.concat_tables(pending), row_group_size=ROW_GROUP_ROWS)
-                pending = []
-        pending.append(_conform(table, schema))
-        writer.write_table(pa.concat_tables(pending), row_group_size=ROW_GROUP_ROWS)
-    old.close()
-    os.replace(tmp, path)
-
-
-def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
-    """``table`` with ``schema``'s columns, in its order and types (missing ones all null)."""
-    columns = [
-        table[f.name].cast(f.type) if f.name in table.column_names else pa.nulls(len(table), f.type)
-        for f in schema
-    ]
-    return pa.Table.from_arrays(columns, schema=schema)
+    write_parquet(path, rows_table(rows))
 
 
 def read_rows(path: Path) -> list[dict[str, Any]]:
-    """The rows of a Parquet file as dicts without their null entries (as they were written)."""
-    if not path.is_file():
-        return []
-    return [{k: v for k, v in r.items() if v is not None} for r in pq.read_table(path).to_pylist()]
+    """The rows of a run's table (its file and the parts appended since the last compaction,
+    :mod:`rayfl.partlog`) as dicts without their null entries (as they were written)."""
+    return PartLog(path).rows()
 
 
 class RunLog:
@@ -120,12 +65,18 @@ class RunLog:
 
     Only the rows since the last :meth:`flush` stay in memory (plus the last row and the last
     evaluation, for the progress bar), so a long run's driver does not grow with its length.
-    Each flush appends to the files atomically (copy, add, write to a temporary file, rename;
-    see :func:`append_rows`); flushes back off so that they never take more than about 5 % of the wall time.
+    Each flush appends a part (:class:`~rayfl.partlog.PartLog`: O(new rows) I/O, every part
+    complete on disk); :meth:`compact` folds the parts into ``metrics.parquet`` and
+    ``updates.parquet`` when the run ends. Flushes back off so that they never take more than
+    about 5 % of the wall time.
     """
 
     def __init__(self, run_dir: Path):
         self.run_dir = run_dir
+        self.files = {
+            METRICS_FILE: PartLog(run_dir / METRICS_FILE),
+            UPDATES_FILE: PartLog(run_dir / UPDATES_FILE),
+        }
         self._metrics: list[dict[str, Any]] = []  # not yet on disk
         self._updates: list[dict[str, Any]] = []
         self.last: dict[str, Any] | None = None  # the last metric row
@@ -161,12 +112,7 @@ class RunLog:
         """Drops every row (on disk and in memory) of iteration ``before_iteration`` or later."""
         for name, pending in ((METRICS_FILE, self._metrics), (UPDATES_FILE, self._updates)):
             pending[:] = [r for r in pending if r["iteration"] < before_iteration]
-            path = self.run_dir / name
-            if path.is_file():
-                table = pq.read_table(path)
-                keep = pc.less(table["iteration"], before_iteration)
-                if not pc.all(keep).as_py():
-                    _write(path, table.filter(keep))
+            self.files[name].trim("iteration", before_iteration)
         if self.last is not None and self.last["iteration"] >= before_iteration:
             rows = self._metrics or read_rows(self.run_dir / METRICS_FILE)
             self.last = rows[-1] if rows else None
@@ -180,19 +126,22 @@ class RunLog:
         now = time.perf_counter()
         if not force and now - self._flushed_at < max(5.0, 20 * self._flush_cost):
             return False
-        if self._metrics:
-            append_rows(self.run_dir / METRICS_FILE, self._metrics)
-            self._metrics.clear()
-        if self._updates:
-            append_rows(self.run_dir / UPDATES_FILE, self._updates)
-            self._updates.clear()
-        # pyarrow's allocator (mimalloc) keeps the pages of every rewrite of a growing file:
-        # without this the soak benchmark's driver grew by ~90 MB per 400 flushes.
+        self.files[METRICS_FILE].append(self._metrics)
+        self._metrics.clear()
+        self.files[UPDATES_FILE].append(self._updates)
+        self._updates.clear()
+        # pyarrow's allocator (mimalloc) keeps the pages of every merge of the parts: without
+        # this the soak benchmark's driver grew by ~90 MB per 400 flushes (whole rewrites then).
         pa.default_memory_pool().release_unused()
         heap.trim()  # and glibc its freed pages (rayfl.heap): a flush is at most every 5 s
         self._flushed_at = time.perf_counter()
         self._flush_cost = self._flushed_at - now
         return True
+
+    def compact(self) -> None:
+        """Folds the parts into ``metrics.parquet`` and ``updates.parquet`` (the run's end)."""
+        for log in self.files.values():
+            log.compact()
 
     def rows(self) -> list[dict[str, Any]]:
         """Every metric row of the run so far (read back from disk, plus the pending ones)."""
@@ -236,5 +185,5 @@ def write_summary(run_dir: Path, summary: Mapping[str, Any]) -> None:
 
 
 def read_metrics(run_dir: str | os.PathLike) -> pa.Table:
-    """The metrics table of a run folder."""
-    return pq.read_table(Path(run_dir) / METRICS_FILE)
+    """The metrics table of a run folder (with the parts a crashed run left, if any)."""
+    return PartLog(Path(run_dir) / METRICS_FILE).table()

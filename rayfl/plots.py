@@ -83,11 +83,13 @@ def _not_a_run(path: PathLike) -> RayflError:
 
 
 def _read_columns(path: pathlib.Path) -> Columns:
-    """Numeric columns of a parquet file as float64 arrays, nulls as NaN; other columns dropped."""
+    """Numeric columns of a run's table as float64 arrays, nulls as NaN; other columns dropped.
+    Reads the compacted file and any parts a crashed run left (:mod:`rayfl.partlog`)."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    table = pq.read_table(path)
+    from rayfl.partlog import PartLog  # pyarrow: not at import time (a cheap import)
+
+    table = PartLog(path).table()
     columns: Columns = {}
     for name, column in zip(table.column_names, table.columns, strict=True):
         kind = column.type
@@ -97,8 +99,10 @@ def _read_columns(path: pathlib.Path) -> Columns:
 
 
 def _read_metrics(run_dir: PathLike) -> Columns:
+    from rayfl.partlog import PartLog
+
     path = pathlib.Path(run_dir) / "metrics.parquet"
-    if not path.is_file():
+    if not PartLog(path).exists():
         raise _not_a_run(run_dir)
     columns = _read_columns(path)
     if "iteration" not in columns:
@@ -404,8 +408,10 @@ def plot_run(run_dir: PathLike, out_dir: PathLike | None = None) -> list[pathlib
     if any(_has(columns, c) for _, _, _, needs in _FIGURES for c in needs):
         written.append(_overview_figure(columns, name, out / "overview.png"))
 
+    from rayfl.partlog import PartLog
+
     updates_path = run / "updates.parquet"
-    if updates_path.is_file():
+    if PartLog(updates_path).exists():
         staleness = _read_columns(updates_path).get("staleness", np.empty(0))
         staleness = staleness[np.isfinite(staleness)]
         if staleness.size:

@@ -490,8 +490,13 @@ def _checkpoint_files() -> tuple[str, ...]:
 
 def _copy_files(src: Path, dst: Path, names: Sequence[str]) -> None:
     """Copies the files ``names`` that ``src`` holds into ``dst``."""
+    from rayfl.partlog import PartLog, write_parquet
+
     for name in names:
-        if (src / name).is_file():
+        table = PartLog(src / name)
+        if name.endswith(".parquet") and table.exists():  # the file and its parts, as one file
+            write_parquet(dst / name, table.table())
+        elif (src / name).is_file():
             shutil.copy2(src / name, dst / name)
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pyarrow.parquet as pq
 
-from rayfl import metrics
 from rayfl.metrics import METRICS_FILE, UPDATES_FILE, RunLog, read_rows
 
 
@@ -41,6 +40,7 @@ def test_columns_that_appear_later_and_ints_that_meet_floats(tmp_path):
     log.flush()
     log.extend([{"iteration": 1, "agg/lr": 0.5, "eval/accuracy": 0.9}], [])
     log.flush()
+    log.compact()  # the run's end: one file, as users read it
     table = pq.read_table(tmp_path / METRICS_FILE)
     assert table.column("agg/lr").to_pylist() == [1.0, 0.5]
     assert table.column("eval/accuracy").to_pylist() == [None, 0.9]
@@ -91,18 +91,19 @@ def test_load_of_a_run_without_files(tmp_path):
     assert log.rows() == [] and log.last is None and log.iterations_done == 0
 
 
-def test_appends_merge_small_row_groups_and_late_columns(tmp_path, monkeypatch):
-    monkeypatch.setattr(metrics, "ROW_GROUP_ROWS", 10)
+def test_compaction_leaves_one_file_per_table(tmp_path):
     log = RunLog(tmp_path)
     for start in range(0, 35, 5):
         rows = [{"iteration": t, "x": t} for t in range(start, start + 5)]
-        if start >= 20:  # a column that appears after the first row groups are written
+        if start >= 20:  # a column that appears after the first parts are written
             for r in rows:
                 r["y"] = 0.5
-        log.extend(rows, [])
+        log.extend(rows, [{"iteration": start, "client_id": 0}])
         log.flush()
-    f = pq.ParquetFile(tmp_path / METRICS_FILE)
-    assert [f.metadata.row_group(i).num_rows for i in range(f.num_row_groups)] == [10, 10, 10, 5]
-    table = f.read()
+    assert not (tmp_path / METRICS_FILE).exists()  # parts only, until the run ends
+    assert log.rows() == read_rows(tmp_path / METRICS_FILE)
+    log.compact()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [METRICS_FILE, UPDATES_FILE]
+    table = pq.read_table(tmp_path / METRICS_FILE)
     assert table.column("iteration").to_pylist() == list(range(35))
     assert table.column("y").to_pylist() == [None] * 20 + [0.5] * 15

@@ -43,6 +43,7 @@ import numpy as np
 
 from rayfl.config import load_config
 from rayfl.errors import RayflError
+from rayfl.partlog import PartLog
 from rayfl.reproduce import machine_description
 from rayfl.tuning import ewma_dev_accuracy
 
@@ -436,7 +437,7 @@ def _status(run_dir: Path) -> str:
     try:
         return str(json.loads((run_dir / "summary.json").read_text()).get("status", "unknown"))
     except (OSError, ValueError):
-        return "missing" if not (run_dir / "metrics.parquet").is_file() else "partial"
+        return "missing" if not PartLog(run_dir / "metrics.parquet").exists() else "partial"
 
 
 # --- collecting, tables, targets --------------------------------------------------------------
@@ -457,7 +458,7 @@ def collect(specs: Sequence[RunSpec], root: Path) -> list[dict[str, Any]]:
             "folder": str(run_dir),
         }
         metrics = run_dir / "metrics.parquet"
-        if metrics.is_file():
+        if PartLog(metrics).exists():
             t = load_config(spec.preset, list(spec.overrides)).iterations
             row["iterations"] = t
             row.update(run_numbers(_read_columns(metrics), t))

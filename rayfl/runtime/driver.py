@@ -201,8 +201,10 @@ class RunDriver:
             pass
 
     def _finish(self, wall_s: float) -> dict[str, Any]:
-        """Flushes the files and writes summary.json; returns the summary."""
+        """Flushes the files, folds their parts into one file each, writes summary.json;
+        returns the summary."""
         self._flush()
+        self.log.compact()
         summary = {
             "name": self.cfg.name,
             "status": self.status,

@@ -10,6 +10,7 @@ from pathlib import Path
 from rayfl.config import ExperimentConfig
 from rayfl.errors import RayflError
 from rayfl.metrics import METRICS_FILE
+from rayfl.partlog import PartLog
 from rayfl.storage import Mirror
 
 
@@ -26,7 +27,7 @@ def default_run_dir(cfg: ExperimentConfig, root: str | os.PathLike = "runs") -> 
 
 def prepare_run_dir(path: Path, resuming: bool = False) -> Path:
     """Creates ``path`` and checks it is writable (and, unless resuming, holds no run)."""
-    if not resuming and (path / METRICS_FILE).exists():
+    if not resuming and PartLog(path / METRICS_FILE).exists():
         raise RayflError(
             f"output folder {path} already holds a run: choose another --output or remove it"
         )

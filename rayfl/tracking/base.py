@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
 from rayfl.errors import RayflError
 from rayfl.registry import build
+from rayfl.tracking.rows import numeric  # noqa: F401 - re-exported for user trackers
 
 STATE_FILE = "tracking.json"
 
@@ -52,17 +52,6 @@ TRACKERS: dict[str, Callable[[], Tracker]] = {
     "wandb": _wandb,
 }
 """The shipped trackers; each imports its library only when used (``pip install rayfl[mlflow]``)."""
-
-
-def numeric(row: Mapping[str, Any]) -> dict[str, float]:
-    """A metric row's finite numbers (NaN: not evaluated at this step), without ``iteration``."""
-    out = {}
-    for key, value in row.items():
-        if key == "iteration" or isinstance(value, bool) or not isinstance(value, (int, float)):
-            continue
-        if math.isfinite(value):
-            out[key] = float(value)
-    return out
 
 
 class Tracking:

@@ -8,7 +8,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from rayfl.tracking.base import numeric
+from rayfl.tracking.rows import numeric
 
 
 class TensorBoardTracker:
