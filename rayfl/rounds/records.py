@@ -17,10 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from rayfl.errors import RayflError
-from rayfl.metrics import write_table
+from rayfl.partlog import PartLog
 from rayfl.selection.api import Selection
 
 ROUNDS_FILE = "rounds.parquet"
@@ -136,27 +135,37 @@ def round_summary(records: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 class RoundRecords:
-    """rounds.parquet of a run folder: the records kept in memory (one small row per round)
-    and rewritten whole at each flush, so the file always holds exactly the rounds logged."""
+    """rounds.parquet of a run folder: the records also kept in memory (one small row per round,
+    for the round summary); each flush appends the new ones as a part
+    (:class:`~rayfl.partlog.PartLog`), and :meth:`compact` folds the parts into the one file
+    when the run ends."""
 
     key = "round"
 
     def __init__(self, run_dir: Path):
         self.path = run_dir / ROUNDS_FILE
+        self.log = PartLog(self.path)
         self.records: list[dict[str, Any]] = []
+        self._written = 0  # records already on disk
 
     def extend(self, records: list[dict[str, Any]]) -> None:
         self.records.extend(records)
 
     def load(self, before_round: int) -> None:
         """A resumed run: the records already in the run folder, of rounds before the given."""
-        if self.path.is_file():
-            rows = pq.read_table(self.path).to_pylist()
-            self.records = [r for r in rows if r["round"] < before_round]
+        self.log.trim("round", before_round)
+        self.records = self.log.table().to_pylist()
+        self._written = len(self.records)
 
     def trim(self, before_round: int) -> None:
         self.records = [r for r in self.records if r["round"] < before_round]
+        if self._written > len(self.records):  # rounds on disk that the checkpoint predates
+            self.log.trim("round", before_round)
+        self._written = min(self._written, len(self.records))
 
     def flush(self) -> None:
-        if self.records:
-            write_table(self.path, self.records)
+        self.log.append(self.records[self._written :])
+        self._written = len(self.records)
+
+    def compact(self) -> None:
+        self.log.compact()

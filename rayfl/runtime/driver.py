@@ -205,6 +205,8 @@ class RunDriver:
         returns the summary."""
         self._flush()
         self.log.compact()
+        if self.records is not None:
+            self.records.compact()
         summary = {
             "name": self.cfg.name,
             "status": self.status,
