@@ -43,7 +43,8 @@ class DataConfig:
 
     dataset: str = "mnist"
     """mnist (bundled, offline) | emnist-mnist | emnist-digits | emnist-balanced | fashion-mnist |
-    cifar10 | an import path 'my_pkg.data:load' to a loader load(**dataset_params) -> Dataset."""
+    cifar10 | hf:<Hugging Face name or saved folder> (rayfl/data/hub.py) | an import path
+    'my_pkg.data:load' to a loader load(**dataset_params) -> Dataset."""
     dataset_params: dict[str, Any] = dataclasses.field(default_factory=dict)
     """Keyword arguments of a user data set loader."""
     data_dir: str | None = None
@@ -51,8 +52,9 @@ class DataConfig:
     download: bool = False
     """Download the data set into data_dir if it is not there."""
     partition: str = "paper"
-    """iid | dirichlet | shards | paper (AKAFL-RJ spec section 7) | an import path
-    'my_pkg.parts:split' to split(labels, num_clients, rng, **partition_params) -> Partition."""
+    """iid | dirichlet | shards | paper (AKAFL-RJ spec section 7) | flwr:<Flower Datasets
+    partitioner> (rayfl/data/flower.py) | an import path 'my_pkg.parts:split' to
+    split(labels, num_clients, rng, **partition_params) -> Partition."""
     partition_params: dict[str, Any] = dataclasses.field(default_factory=dict)
     """Keyword arguments of a user partitioner."""
     num_clients: int = 100
@@ -74,12 +76,15 @@ class DataConfig:
         from rayfl.data import DATASETS, PARTITIONERS
         from rayfl.registry import check_params, resolve
 
-        loader = resolve("data.dataset", self.dataset, dict.fromkeys(DATASETS), "data set")
-        if loader is not None:  # a user's loader: its parameters are checked here, once
-            check_params("data.dataset_params", loader, self.dataset_params)
-        split = resolve("data.partition", self.partition, PARTITIONERS, "partitioner")
-        if self.partition not in PARTITIONERS:
-            check_params("data.partition_params", split, self.partition_params, engine_args=3)
+        # hf:<name> and flwr:<Partitioner> are checked when the data is loaded and split
+        if not self.dataset.startswith("hf:"):
+            loader = resolve("data.dataset", self.dataset, dict.fromkeys(DATASETS), "data set")
+            if loader is not None:  # a user's loader: its parameters are checked here, once
+                check_params("data.dataset_params", loader, self.dataset_params)
+        if not self.partition.startswith("flwr:"):
+            split = resolve("data.partition", self.partition, PARTITIONERS, "partitioner")
+            if self.partition not in PARTITIONERS:
+                check_params("data.partition_params", split, self.partition_params, engine_args=3)
         _positive("data.num_clients", self.num_clients)
         _positive("data.alpha", self.alpha)
         _positive("data.shards_per_client", self.shards_per_client)

@@ -53,6 +53,9 @@ class Dataset:
     num_classes: int  # 10, or 47 for emnist-balanced
     mean: tuple[float, ...]  # (C,) per-channel mean of the training pixels, [0, 1] scale
     std: tuple[float, ...]  # (C,) per-channel std of the training pixels, [0, 1] scale
+    columns: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    """Per-training-sample columns besides the labels, for partitioners (e.g. an ``hf:`` set's
+    ``writer_id`` for ``flwr:NaturalIdPartitioner``); (N,) each."""
 
     def __post_init__(self) -> None:
         for x, y, split in (
@@ -143,6 +146,8 @@ def load_dataset(
         ((60000, 1, 28, 28), (1, 28, 28))
     """
     if name not in _SPECS:
+        if name.startswith("hf:"):
+            return _load_hf_dataset(name, data_dir, params)
         if is_import_path(name):
             return _load_user_dataset(name, params)
         raise DataError(
@@ -157,6 +162,15 @@ def load_dataset(
             "(and data.download=true to fetch it)"
         )
     return _load_torchvision(name, os.fspath(data_dir), download)
+
+
+def _load_hf_dataset(name: str, data_dir: Any, params: Mapping[str, Any] | None) -> Dataset:
+    """A Hugging Face set (:mod:`rayfl.data.hub`), its parameters checked like a loader's."""
+    from rayfl.data.hub import load_hf  # the datasets library: an optional extra
+
+    kwargs = check_params("data.dataset_params", load_hf, params, engine_args=2)
+    fields, kept = load_hf(name, None if data_dir is None else os.fspath(data_dir), **kwargs)
+    return Dataset(**fields, columns=kept)
 
 
 def _load_user_dataset(name: str, params: Mapping[str, Any] | None) -> Dataset:

@@ -304,6 +304,7 @@ def partition(
     samples_min: int = 20,
     samples_max: int = 200,
     params: Mapping[str, Any] | None = None,
+    columns: Mapping[str, np.ndarray] | None = None,
 ) -> Partition:
     """Splits ``labels``' samples across ``num_clients`` clients, reproducibly from ``seed``.
 
@@ -319,6 +320,8 @@ def partition(
         classes_max: Most classes per client (paper only).
         samples_min: Fewest samples per client (paper only).
         samples_max: Most samples per client (paper only).
+        columns: per-sample columns of the training set besides the labels (an ``hf:`` data
+            set's ``keep_columns``), for a Flower Datasets partitioner (``kind`` ``flwr:...``).
         params: keyword arguments of a user partitioner (``kind`` an import path
             ``package.module:function`` to ``function(labels, num_clients, rng, **params)``
             returning a :class:`Partition` or one index array per client).
@@ -332,16 +335,16 @@ def partition(
         [2, 2, 1, 1]
     """
     rng = seeding.rng(seed, seeding.PARTITION)  # np.random.default_rng([seed, 1001])
+    if isinstance(kind, str) and kind.startswith("flwr:"):
+        from rayfl.data.flower import flwr_partition  # Flower Datasets: an optional extra
+
+        return Partition.from_lists(
+            flwr_partition(kind, labels, num_clients, seed, params, columns)
+        )
     if kind not in PARTITIONERS:
         return _user_partition(labels, kind, num_clients, rng, params)
-    options = {
-        "alpha": alpha,
-        "shards_per_client": shards_per_client,
-        "shard_size": shard_size,
-        "classes_max": classes_max,
-        "samples_min": samples_min,
-        "samples_max": samples_max,
-    }
+    options = dict(alpha=alpha, shards_per_client=shards_per_client, shard_size=shard_size)
+    options.update(classes_max=classes_max, samples_min=samples_min, samples_max=samples_max)
     kwargs = {name: options[name] for name in _OPTIONS[kind]}
     return PARTITIONERS[kind](labels, num_clients, rng, **kwargs)
 

@@ -27,6 +27,7 @@ class DatasetRefs:
     x_test: Any
     y_test: Any
     labels: np.ndarray  # (n_train,) int64, a local copy for partitioning
+    columns: dict[str, np.ndarray]  # the set's other per-sample columns, for partitioning
     input_shape: tuple[int, int, int]
     num_classes: int
     mean: tuple[float, ...]
@@ -46,6 +47,7 @@ def share_dataset(cfg: ExperimentConfig) -> DatasetRefs:
         x_test=ray.put(ds.x_test),
         y_test=ray.put(ds.y_test),
         labels=np.asarray(ds.y_train),
+        columns=dict(ds.columns),
         input_shape=ds.input_shape,
         num_classes=ds.num_classes,
         mean=tuple(ds.mean),
@@ -53,7 +55,9 @@ def share_dataset(cfg: ExperimentConfig) -> DatasetRefs:
     )
 
 
-def _partition(cfg: ExperimentConfig, labels: np.ndarray) -> Partition:
+def _partition(
+    cfg: ExperimentConfig, labels: np.ndarray, columns: dict[str, np.ndarray] | None = None
+) -> Partition:
     d = cfg.data
     return partition(
         labels,
@@ -67,6 +71,7 @@ def _partition(cfg: ExperimentConfig, labels: np.ndarray) -> Partition:
         samples_min=d.samples_min,
         samples_max=d.samples_max,
         params=d.partition_params,
+        columns=columns,
     )
 
 
@@ -75,7 +80,7 @@ def load_data(cfg: ExperimentConfig) -> tuple[Dataset, Partition]:
     ds = load_dataset(
         cfg.data.dataset, cfg.data.data_dir, cfg.data.download, cfg.data.dataset_params
     )
-    return ds, _partition(cfg, ds.y_train)
+    return ds, _partition(cfg, ds.y_train, ds.columns)
 
 
 def put_data(ds: Dataset, part: Partition) -> SharedData:
@@ -110,7 +115,7 @@ def run_data(
             f"{cfg.data.dataset!r}: share the config's data set (and do not search over "
             "data.dataset or data.data_dir)"
         )
-    return None, _partition(cfg, dataset.labels)
+    return None, _partition(cfg, dataset.labels, dataset.columns)
 
 
 def put_run_data(ds: Dataset | None, part: Partition, dataset: DatasetRefs | None) -> SharedData:
