@@ -1,4 +1,4 @@
-"""Image classification data sets as plain uint8 numpy arrays.
+"""Image classification data sets as plain uint8 numpy arrays (and a user's own data sets).
 
 The default, :func:`load_bundled_mnist`, reads the MNIST digits (LeCun, Cortes and Burges) that
 ship inside the package, offline and with numpy only: it is the data set of the AKAFL-RJ paper's
@@ -7,10 +7,12 @@ test images for accuracy). The other sets (EMNIST, Cohen et al. 2017; Fashion-MN
 2017; CIFAR-10, Krizhevsky 2009) come through ``torchvision.datasets`` from ``data.data_dir``,
 and torchvision is imported only inside those loaders, so this module imports no torch and no ray.
 
-Every set is returned in one layout, whatever its source: images ``(N, C, H, W)`` uint8 on the
-0-255 scale, labels ``(N,)`` int64, plus the per-channel mean and std (on the [0, 1] scale) that
-the model code uses to normalise. All arrays are read-only, because the bundled arrays are cached
-and shared between calls (and Ray's object store hands out read-only arrays anyway).
+Every shipped set is returned in one layout, whatever its source: images ``(N, C, H, W)`` uint8
+on the 0-255 scale, labels ``(N,)`` int64, plus the per-channel mean and std (on the [0, 1] scale)
+that the client task uses to normalise. All arrays are read-only, because the bundled arrays are
+cached and shared between calls (and Ray's object store hands out read-only arrays anyway). A
+user's loader may return other numeric samples and targets for a client task that transforms its
+batches itself (:class:`Dataset`).
 """
 
 from __future__ import annotations
@@ -43,14 +45,23 @@ DATASETS: tuple[str, ...] = (
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Dataset:
-    """A labelled train/test image set; ``eq=False`` because arrays have no single truth value."""
+    """A train/test set of samples and targets; ``eq=False`` because arrays have no single truth
+    value.
+
+    The shipped sets are labelled images: ``x`` (N, C, H, W) uint8, ``y`` (N,) int64 labels, with a
+    per-channel ``mean`` and ``std``. A user's loader (``data.dataset: package.module:loader``) may
+    return any numeric ``x`` (N, ...) and ``y`` (N, ...) (float features and regression targets,
+    say) when its client task (``client.task``) transforms the batches itself; ``mean`` and
+    ``std`` are then whatever that task wants (may be empty). uint8 (N, C, H, W) samples are
+    checked as images, whoever loads them.
+    """
 
     name: str  # one of DATASETS, or a user loader's own name
-    x_train: np.ndarray  # (N, C, H, W) uint8, C-contiguous, read-only
-    y_train: np.ndarray  # (N,) int64 in [0, num_classes)
-    x_test: np.ndarray  # (M, C, H, W) uint8, C-contiguous, read-only
-    y_test: np.ndarray  # (M,) int64 in [0, num_classes)
-    num_classes: int  # 10, or 47 for emnist-balanced
+    x_train: np.ndarray  # (N, ...) samples; images: (N, C, H, W) uint8, C-contiguous, read-only
+    y_train: np.ndarray  # (N, ...) targets; images: (N,) int64 labels in [0, num_classes)
+    x_test: np.ndarray  # (M, ...) samples, each shaped like x_train's
+    y_test: np.ndarray  # (M, ...) targets
+    num_classes: int  # 10, or 47 for emnist-balanced: the model's output width
     mean: tuple[float, ...]  # (C,) per-channel mean of the training pixels, [0, 1] scale
     std: tuple[float, ...]  # (C,) per-channel std of the training pixels, [0, 1] scale
     columns: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
@@ -58,27 +69,50 @@ class Dataset:
     ``writer_id`` for ``flwr:NaturalIdPartitioner``); (N,) each."""
 
     def __post_init__(self) -> None:
+        first = self.x_train
+        images = self.name in DATASETS or (
+            _numeric(first) and first.ndim == 4 and first.dtype == np.uint8
+        )
         for x, y, split in (
             (self.x_train, self.y_train, "train"),
             (self.x_test, self.y_test, "test"),
         ):
-            if x.ndim != 4 or x.dtype != np.uint8 or y.shape != (x.shape[0],):
+            if images:
+                if x.ndim != 4 or x.dtype != np.uint8 or y.shape != (x.shape[0],):
+                    raise DataError(
+                        f"data set '{self.name}' has a malformed {split} split "
+                        f"(images {x.shape} {x.dtype}, labels {y.shape}): delete the files "
+                        "under data.data_dir and download them again"
+                    )
+            elif not (_numeric(x) and _numeric(y) and x.ndim >= 1 and y.shape[:1] == x.shape[:1]):
                 raise DataError(
-                    f"data set '{self.name}' has a malformed {split} split "
-                    f"(images {x.shape} {x.dtype}, labels {y.shape}): delete the files under "
-                    "data.data_dir and download them again"
+                    f"data set '{self.name}' has a malformed {split} split (samples "
+                    f"{getattr(x, 'shape', '?')} {getattr(x, 'dtype', type(x).__name__)}, "
+                    f"targets {getattr(y, 'shape', '?')}): return numeric numpy arrays, one "
+                    "target row per sample"
                 )
-        if len(self.mean) != self.x_train.shape[1] or len(self.std) != self.x_train.shape[1]:
+        if self.x_test.shape[1:] != self.x_train.shape[1:]:
+            raise DataError(
+                f"data set '{self.name}' has train samples of shape {self.x_train.shape[1:]} "
+                f"but test samples of shape {self.x_test.shape[1:]}: make them alike"
+            )
+        if images and (
+            len(self.mean) != self.x_train.shape[1] or len(self.std) != self.x_train.shape[1]
+        ):
             raise DataError(
                 f"data set '{self.name}' has {self.x_train.shape[1]} channels but "
                 f"{len(self.mean)} means and {len(self.std)} stds: fix its constants in rayfl.data"
             )
 
     @property
-    def input_shape(self) -> tuple[int, int, int]:
-        """``(C, H, W)`` of one image, e.g. ``(1, 28, 28)`` for MNIST."""
-        _, c, h, w = self.x_train.shape
-        return (c, h, w)
+    def input_shape(self) -> tuple[int, ...]:
+        """One sample's shape, e.g. ``(1, 28, 28)`` for MNIST, ``(8,)`` for 8 features."""
+        return tuple(int(d) for d in self.x_train.shape[1:])
+
+
+def _numeric(a: Any) -> bool:
+    """A numpy array of numbers or booleans (what torch can take)."""
+    return isinstance(a, np.ndarray) and (np.issubdtype(a.dtype, np.number) or a.dtype == np.bool_)
 
 
 @dataclasses.dataclass(frozen=True)

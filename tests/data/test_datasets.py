@@ -283,3 +283,44 @@ def test_user_dataset_by_import_path(
         load_dataset("user_data:not_a_dataset")
     with pytest.raises(ConfigError, match="data.dataset_params.sides is not a parameter"):
         load_dataset("user_data:blobs", params={"sides": 6})
+
+
+# --- what a Dataset may hold ---
+
+
+def test_a_user_set_may_hold_any_numeric_samples_and_targets() -> None:
+    # float features and regression targets, for a client task with its own batch transform
+    x = np.zeros((10, 8), dtype=np.float32)
+    y = np.linspace(0, 1, 10, dtype=np.float32)
+    ds = Dataset("features", x, y, x[:4], y[:4], 1, (), ())
+    assert ds.input_shape == (8,)
+    targets = np.zeros((10, 3))  # several targets per sample
+    assert Dataset("multi", x, targets, x[:2], targets[:2], 3, (), ()).input_shape == (8,)
+
+
+@pytest.mark.parametrize(
+    ("x", "y", "expected"),
+    [
+        (np.array([["a"]] * 4), np.zeros(4), "samples (4, 1) <U1"),
+        (np.zeros((4, 2)), np.zeros(3), "targets (3,)"),
+        ([[0.0, 1.0]] * 4, np.zeros(4), "samples ? list"),
+    ],
+)
+def test_a_user_set_must_be_numeric_with_one_target_row_per_sample(x, y, expected) -> None:
+    with pytest.raises(DataError, match="malformed train split") as info:
+        Dataset("odd", x, y, np.zeros((2, 2)), np.zeros(2), 1, (), ())
+    assert expected in str(info.value) and "one target row per sample" in str(info.value)
+
+
+def test_images_keep_the_image_checks() -> None:
+    x = np.zeros((4, 1, 2, 2), dtype=np.uint8)
+    # a shipped name with anything but uint8 (N, C, H, W) images is a broken download
+    with pytest.raises(DataError, match="delete the files under data.data_dir"):
+        Dataset(
+            "mnist", x.astype(np.float32), np.zeros(4, np.int64), x, np.zeros(4), 10, (0.1,), (0.3,)
+        )
+    # uint8 (N, C, H, W) samples are images, whoever loads them: one mean and std per channel
+    with pytest.raises(DataError, match="1 channels but 3 means"):
+        Dataset("user", x, np.zeros(4), x, np.zeros(4), 2, (0.1,) * 3, (0.3,) * 3)
+    with pytest.raises(DataError, match="train samples of shape"):
+        Dataset("user", np.zeros((4, 3)), np.zeros(4), np.zeros((4, 2)), np.zeros(4), 1, (), ())
