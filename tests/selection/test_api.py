@@ -170,11 +170,11 @@ def test_build_selector_knows_the_shipped_kinds_and_import_paths():
 )
 def test_build_selector_errors_are_one_line(kind, params, message):
     cfg = load_config("random", TINY)
-    cfg = dataclasses.replace(
-        cfg, selection=dataclasses.replace(cfg.selection, kind=kind, params=params)
-    )
-    with pytest.raises(RayflError) as e:
-        build_selector(cfg)
+    with pytest.raises(
+        RayflError
+    ) as e:  # the config checks names and params, build_selector the rest
+        selection = dataclasses.replace(cfg.selection, kind=kind, params=params)
+        build_selector(dataclasses.replace(cfg, selection=selection))
     one_line_error(e, "selection.", message)
 
 
@@ -187,9 +187,10 @@ def test_a_handler_must_declare_its_reply_types():
         with pytest.raises(RayflError, match="non-empty tuple of the reply types"):
             checked_selector("k", sel)
     cfg = load_config("random", TINY)
-    spaced = dataclasses.replace(cfg, selection=dataclasses.replace(cfg.selection, kind="a b"))
     with pytest.raises(ConfigError, match="is not a known selector"):
-        build_selector(spaced)
+        build_selector(
+            dataclasses.replace(cfg, selection=dataclasses.replace(cfg.selection, kind="a b"))
+        )
 
 
 # --- one contract for every shipped selector -------------------------------------------------------
