@@ -170,9 +170,8 @@ def test_build_selector_knows_the_shipped_kinds_and_import_paths():
 )
 def test_build_selector_errors_are_one_line(kind, params, message):
     cfg = load_config("random", TINY)
-    with pytest.raises(
-        RayflError
-    ) as e:  # the config checks names and params, build_selector the rest
+    # The config checks the name and the params; build_selector what the factory returns.
+    with pytest.raises(RayflError) as e:
         selection = dataclasses.replace(cfg.selection, kind=kind, params=params)
         build_selector(dataclasses.replace(cfg, selection=selection))
     one_line_error(e, "selection.", message)
