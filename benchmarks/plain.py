@@ -14,11 +14,13 @@ import numpy as np
 import torch
 
 from rayfl.aggregation import build_rules, final_direction, start_step
+from rayfl.clients.local import LocalTrainer
+from rayfl.clients.shipped import build_task
+from rayfl.clients.task import DataSpec
 from rayfl.config import ExperimentConfig
 from rayfl.data import load_dataset, partition
 from rayfl.models import build_model, get_flat
 from rayfl.speed import SpeedModel
-from rayfl.training import UpdateComputer
 
 
 def plain_run(
@@ -43,14 +45,15 @@ def plain_run(
     )
     model = build_model(cfg.model, ds.input_shape, ds.num_classes, cfg.seed)
     w = get_flat(model)
-    computer = UpdateComputer(
+    spec = DataSpec.of(ds.x_train, ds.num_classes, ds.mean, ds.std)
+    computer = LocalTrainer(
+        build_task(cfg.client.task, cfg.client.task_params, spec),
+        cfg.client.task,
         model,
         ds.x_train,
         ds.y_train,
         part.indices,
         part.offsets,
-        ds.mean,
-        ds.std,
         batch_size=cfg.client.batch_size,
         local_steps=cfg.client.local_steps,
         local_lr=cfg.client.local_lr,
@@ -71,7 +74,7 @@ def plain_run(
     for t in range(cfg.iterations):
         popped = [heapq.heappop(heap) for _ in range(cfg.aggregation.k)]
         now = popped[-1][0]
-        results = [computer.compute(c, v, versions[v]) for _, c, v in popped]
+        results = [computer.update(c, v, versions[v])[:2] for _, c, v in popped]
         for _, _, v in popped:
             held[v] -= 1
             if held[v] == 0 and v != t:

@@ -147,8 +147,19 @@ class ClientConfig:
     faults: dict[str, Any] = dataclasses.field(default_factory=dict)
     """Fault injection for robustness experiments: {client_ids: [...], kind: nan | inf | huge |
     shape | dtype}: those clients send broken updates (the server must reject them)."""
+    task: str = "classification"
+    """The client's learning problem (rayfl.clients.task.ClientTask): its batch transform, loss,
+    gradient, local optimizer and per-client state. classification (uint8 images, cross-entropy,
+    plain SGD, no state) or an import path 'package.module:factory' to a user's task."""
+    task_params: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """Keyword arguments of client.task's factory, checked against its signature."""
 
     def __post_init__(self) -> None:
+        from rayfl.clients.shipped import TASKS  # torch-free: the tasks are built in the workers
+        from rayfl.registry import check_params, resolve
+
+        factory = resolve("client.task", self.task, TASKS, "client task")
+        check_params("client.task_params", factory, self.task_params)
         _positive("client.batch_size", self.batch_size)
         _positive("client.local_steps", self.local_steps)
         _positive("client.local_lr", self.local_lr)

@@ -8,6 +8,8 @@
 - **staleness** (tau): t - v for an update computed on version v and aggregated at iteration t.
 - **k** (K_t): the number of updates aggregated at iteration t.
 - **worker**: a Ray actor process that computes jobs for any client.
+- **client state**: what a client task keeps from one of a client's jobs to its next (SCAFFOLD's
+  control variate); the server stores it (``rayfl.clients.state``) and sends it with each job.
 """
 
 from __future__ import annotations
@@ -28,10 +30,12 @@ class Job:
 
 @dataclasses.dataclass(frozen=True)
 class Update:
-    """What a worker returns for a job: the update vector and the mini-batch loss."""
+    """What a worker returns for a job: the update vector, the mini-batch loss and the client's
+    new state (kept by the server only if it accepts the update)."""
 
     client_id: int
     version: int
     vector: np.ndarray  # (P,) float32
     loss: float
     worker: int = -1  # index of the worker actor that computed it
+    state: bytes | None = None  # the client's new state, packed; None: the task keeps none

@@ -1,4 +1,4 @@
-"""Model factories, the flat-vector view, and one client update computed by hand."""
+"""Model factories and the flat-vector view (client updates: tests/clients/test_local.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import torch
 from rayfl.config import ModelConfig
 from rayfl.errors import ConfigError
 from rayfl.models import build_model, get_flat, num_parameters, set_flat
-from rayfl.training import Normalizer, UpdateComputer, evaluate
 
 
 def test_paper_cnn_matches_the_spec():
@@ -65,97 +64,6 @@ def test_flat_round_trip():
     w.setflags(write=False)  # as it arrives from the object store
     set_flat(model, w)
     assert np.array_equal(get_flat(model), w)
-
-
-def _tiny_world():
-    rng = np.random.default_rng(0)
-    x = rng.integers(0, 256, size=(12, 1, 2, 2), dtype=np.uint8)
-    y = np.array([0, 1] * 6, dtype=np.int64)
-    indices = np.arange(12, dtype=np.int64)
-    offsets = np.array([0, 6, 12], dtype=np.int64)
-    return x, y, indices, offsets
-
-
-def test_update_is_the_minibatch_gradient_and_is_deterministic():
-    x, y, indices, offsets = _tiny_world()
-    model = build_model(ModelConfig("mlp", hidden=(4,)), (1, 2, 2), 2, 0)
-    w = get_flat(model)
-    uc = UpdateComputer(
-        model,
-        x,
-        y,
-        indices,
-        offsets,
-        (0.5,),
-        (0.25,),
-        batch_size=6,
-        local_steps=1,
-        local_lr=0.1,
-        seed=3,
-    )
-    g1, loss1 = uc.compute(1, 0, w)
-    g2, loss2 = uc.compute(1, 0, w)
-    assert np.array_equal(g1, g2) and loss1 == loss2
-    # batch_size = client size: the gradient of the full client-1 loss, computed here by hand.
-    ref = build_model(ModelConfig("mlp", hidden=(4,)), (1, 2, 2), 2, 0)
-    xb = (torch.from_numpy(x[6:12]).float() / 255 - 0.5) / 0.25
-    loss = torch.nn.functional.cross_entropy(ref(xb), torch.from_numpy(y[6:12]))
-    loss.backward()
-    expected = torch.cat([p.grad.reshape(-1) for p in ref.parameters()]).numpy()
-    np.testing.assert_allclose(g1, expected, rtol=1e-5, atol=1e-6)
-    assert loss1 == pytest.approx(float(loss), rel=1e-6)
-
-
-def test_local_steps_pseudo_gradient():
-    x, y, indices, offsets = _tiny_world()
-    model = build_model(ModelConfig("mlp", hidden=(4,)), (1, 2, 2), 2, 0)
-    w = get_flat(model)
-    one = UpdateComputer(
-        model,
-        x,
-        y,
-        indices,
-        offsets,
-        (0.5,),
-        (0.25,),
-        batch_size=6,
-        local_steps=1,
-        local_lr=0.1,
-        seed=3,
-    )
-    g_one, _ = one.compute(0, 0, w)
-    two = UpdateComputer(
-        build_model(ModelConfig("mlp", hidden=(4,)), (1, 2, 2), 2, 0),
-        x,
-        y,
-        indices,
-        offsets,
-        (0.5,),
-        (0.25,),
-        batch_size=6,
-        local_steps=2,
-        local_lr=0.1,
-        seed=3,
-    )
-    g_two, _ = two.compute(0, 0, w)
-    # Full-batch steps (batch_size = client size): (w0 - w2) / lr = g(w0) + g(w1), w1 = w0 - lr g(w0).
-    g_at_w1, _ = one.compute(0, 1, w - np.float32(0.1) * g_one)
-    np.testing.assert_allclose(g_two, g_one + g_at_w1, rtol=1e-4, atol=1e-5)
-    # The model is reloaded for the next job, so repeated calls agree.
-    again, _ = two.compute(0, 0, w)
-    assert np.array_equal(g_two, again)
-
-
-def test_evaluate_counts_correct_predictions():
-    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(1, 2))
-    with torch.no_grad():
-        model[1].weight.copy_(torch.tensor([[-1.0], [1.0]]))
-        model[1].bias.zero_()
-    x = np.array([0, 255, 255, 0], dtype=np.uint8).reshape(4, 1, 1, 1)
-    y = np.array([0, 1, 0, 0])
-    acc, loss = evaluate(model, x, y, Normalizer((0.5,), (0.5,), torch.device("cpu")), 3)
-    assert acc == 0.75
-    assert loss > 0
 
 
 def test_set_flat_copies_and_never_aliases_the_source():

@@ -190,7 +190,15 @@ class WorkerPool:
                 i = self.live()[0]
                 epoch = self.epoch[i]
                 ref = submit(self.workers[i], part)
+            except ray.exceptions.RayTaskError as e:
+                raise user_error(e) from None
         raise RayflError(
             f"a call on {len(part)} clients failed {MAX_RESUBMITS} times on different workers: "
             "the cluster is losing workers faster than they restart; check `ray status`"
         )
+
+
+def user_error(e: ray.exceptions.RayTaskError) -> BaseException:
+    """The user's error a worker raised (a bad client task's one-line RayflError) as itself,
+    without Ray's remote traceback around it; any other failure as it came."""
+    return e.cause if isinstance(e.cause, RayflError) else e

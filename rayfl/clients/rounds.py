@@ -11,14 +11,18 @@ data size, its loss F_i(w(t)), its speed and training time, its costs, its sensi
   ``Bid``, ``Offer`` and ``Response`` for the incentive mechanism, ``LossReport`` for pow-d (which
   asks for the loss by design);
 - after selection, to the aggregation: :class:`RoundUpdate` (the trained weights and the sample
-  count FedAvg weights them by, section 1);
+  count FedAvg weights them by, section 1), with the client's new state if its task keeps one
+  (packed bytes the server stores for the client's next round and never opens: it stands in for
+  the client's own disk, :mod:`rayfl.clients.state`);
 - to the simulator's records only, never to the selection: :meth:`RoundClients.utilities`, the
   clients' realised utilities u_i = x_i + e_i - phi_i (section 8 reports social welfare, which a
   real server could not compute).
 
 A client's traits are drawn from ``seeding.rng(seed, INCENTIVE_POPULATION, client_id)`` and its
 batches from ``seeding.rng(seed, ROUND_BATCH | ROUND_LOSS, client_id, round)``, so any worker
-gives the same answers for the same client. No Ray here: the worker wraps it.
+gives the same answers for the same client. Training and the loss are the client task's
+(:mod:`rayfl.clients.local`, the loop the K-async engine uses too). No Ray here: the worker wraps
+it.
 """
 
 from __future__ import annotations
@@ -28,18 +32,15 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from rayfl import seeding
+from rayfl.clients.local import LocalTrainer
 from rayfl.config import ExperimentConfig
-from rayfl.models import set_flat
 from rayfl.selection.api import Selector, by_client
 from rayfl.selection.messages import BidParams, ClientPrivate, bid_terms
 from rayfl.selection.population import draw_client
 from rayfl.selection.shipped import build_selector
 from rayfl.speed import SpeedModel
-from rayfl.training import UpdateComputer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +51,9 @@ class RoundUpdate:
     weights: np.ndarray  # (P,) float32
     loss: float  # mean training loss over the E epochs' mini-batches
     num_samples: int  # |D_i|, FedAvg's weight (section 1)
+    # The client's new state, packed (rayfl.clients.state): opaque to the server, which keeps it
+    # for the client's next round and never opens it; None when the task keeps none.
+    state: bytes | None = None
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -84,17 +88,16 @@ class RoundClient:
 class RoundClients:
     """Training, the selector's queries and the realised utilities for one worker's clients."""
 
-    def __init__(self, computer: UpdateComputer, cfg: ExperimentConfig):
-        self.c = computer
+    def __init__(self, trainer: LocalTrainer, cfg: ExperimentConfig):
+        self.trainer = trainer
         self.cfg = cfg
         self.seed = cfg.seed
         self.epochs = cfg.selection.epochs
         self.loss_batches = cfg.selection.loss_batches
-        self.local_lr = cfg.client.local_lr
         inc = cfg.incentive
         self.bid_params = BidParams(self.epochs, inc.c_comp, inc.c_comm)
         self.population = inc.population()
-        self.sizes = np.diff(computer.offsets)  # (N,) |D_i|
+        self.sizes = np.diff(trainer.offsets)  # (N,) |D_i|
         n = self.sizes.size
         # The async clock's speed model: a_i in virtual time units per sample (section 3).
         self.speeds = SpeedModel(cfg.clock, n, work=1.0, model_bytes=0, seed=cfg.seed).speed
@@ -125,24 +128,16 @@ class RoundClients:
             self._round = t
             self._losses.clear()
 
-    def _own(self, client_id: int) -> np.ndarray:
-        return self.c.indices[self.c.offsets[client_id] : self.c.offsets[client_id + 1]]
-
-    @torch.no_grad()
     def _loss(self, client_id: int, t: int, weights: np.ndarray) -> float:
-        """F_i(w(t)) on ``loss_batches`` seeded mini-batches of the client's data (cached)."""
+        """F_i(w(t)), the task's loss on ``loss_batches`` seeded mini-batches of the client's
+        data (cached for the round)."""
         self._new_round(t)
         if client_id not in self._losses:
-            own = self._own(client_id)
+            own = self.trainer.own(client_id)
             rng = seeding.rng(self.seed, seeding.ROUND_LOSS, client_id, t)
-            n = min(own.size, self.loss_batches * self.c.batch_size)
+            n = min(own.size, self.loss_batches * self.trainer.batch_size)
             take = np.sort(own[rng.choice(own.size, size=n, replace=False)])
-            set_flat(self.c.model, weights)
-            self.c._loaded = None  # the shared model no longer holds a K-async version
-            self.c.model.eval()
-            x = self.c.normalize(self.c.x[take])
-            y = torch.from_numpy(self.c.y[take]).to(self.c.device)
-            self._losses[client_id] = float(F.cross_entropy(self.c.model(x), y))
+            self._losses[client_id] = self.trainer.loss_at(weights, take)
         return self._losses[client_id]
 
     # --- what the selection receives ------------------------------------------------------------
@@ -168,34 +163,22 @@ class RoundClients:
 
     # --- after selection ---------------------------------------------------------------------------
 
-    def train(self, client_ids: Sequence[int], t: int, weights: np.ndarray) -> list[RoundUpdate]:
-        """E local epochs of mini-batch SGD from w(t) for each client (section 1)."""
-        c = self.c
+    def train(
+        self,
+        client_ids: Sequence[int],
+        t: int,
+        weights: np.ndarray,
+        states: dict[int, bytes] | None = None,
+    ) -> list[RoundUpdate]:
+        """E local epochs of the task's local SGD from w(t) for each client (section 1), from
+        its packed state in ``states`` if it has one (:meth:`LocalTrainer.train`)."""
         out = []
         for i in client_ids:
             i = int(i)
-            own = self._own(i)
-            set_flat(c.model, weights)
-            c.model.train()
-            rng = seeding.rng(self.seed, seeding.ROUND_BATCH, i, t)
-            losses = []
-            for _ in range(self.epochs):
-                order = own[rng.permutation(own.size)]
-                for start in range(0, order.size, c.batch_size):
-                    take = np.sort(order[start : start + c.batch_size])
-                    g, loss = c._grad(
-                        c.normalize(c.x[take]), torch.from_numpy(c.y[take]).to(c.device)
-                    )
-                    losses.append(loss)
-                    with torch.no_grad():
-                        offset = 0
-                        for p in c.params:
-                            k = p.numel()
-                            p.sub_(self.local_lr * g[offset : offset + k].view_as(p))
-                            offset += k
-            w = torch.cat([p.detach().reshape(-1) for p in c.params]).to("cpu", torch.float32)
-            c._loaded = None  # the shared model no longer holds any version
-            out.append(RoundUpdate(i, w.numpy().copy(), float(np.mean(losses)), int(own.size)))
+            state = states.get(i) if states else None
+            w, loss, state = self.trainer.train(i, t, weights, self.epochs, state)
+            size = int(self.sizes[i])
+            out.append(RoundUpdate(i, w, loss, size, state))
         return out
 
     def utilities(

@@ -21,12 +21,14 @@ import numpy as np
 import ray
 import torch
 
+from rayfl.clients.local import LocalTrainer
 from rayfl.clients.rounds import RoundClients, RoundUpdate
+from rayfl.clients.shipped import build_task
+from rayfl.clients.task import DataSpec
 from rayfl.config import ExperimentConfig
 from rayfl.errors import ConfigError
 from rayfl.heap import HeapTrimmer
 from rayfl.models import build_model
-from rayfl.training import UpdateComputer
 from rayfl.types import Job, Update
 
 
@@ -38,13 +40,13 @@ class NotAttachedError(RuntimeError):
 class SharedData:
     """ObjectRefs of the arrays every worker maps (put once by the driver)."""
 
-    x_train: Any  # ObjectRef of (n, C, H, W) uint8
-    y_train: Any  # ObjectRef of (n,) int64
+    x_train: Any  # ObjectRef of (n, ...) samples: (n, C, H, W) uint8 for the image sets
+    y_train: Any  # ObjectRef of (n, ...) targets: (n,) int64 labels for the image sets
     x_test: Any
     y_test: Any
     indices: Any  # ObjectRef of the partition's concatenated indices
     offsets: Any  # ObjectRef of (N + 1,) int64
-    input_shape: tuple[int, int, int]
+    input_shape: tuple[int, ...]  # one sample's shape
     num_classes: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
@@ -64,7 +66,7 @@ class ClientWorker:
         else:
             self.device = torch.device("cpu")
             torch.set_num_threads(max(1, math.floor(cfg.client.num_cpus) or 1))
-        self.computer: UpdateComputer | None = None
+        self.trainer: LocalTrainer | None = None
         # One compute thread: jobs run one at a time, in the order they were submitted.
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1)
         self._trim_heap = HeapTrimmer()  # a worker lives for the whole run (rayfl.heap)
@@ -74,7 +76,7 @@ class ClientWorker:
         self._rounds: RoundClients | None = None
 
     async def attach(self, data: SharedData) -> dict[str, Any]:
-        """Maps the shared data and builds the model; returns ``info()``.
+        """Maps the shared data and builds the model and the client task; returns ``info()``.
 
         A numpy array from the object store is a read-only view of the node's shared memory: no
         copy per worker or per client.
@@ -84,14 +86,15 @@ class ClientWorker:
         )
         cfg = self.cfg
         model = build_model(cfg.model, data.input_shape, data.num_classes, cfg.seed)
-        self.computer = UpdateComputer(
+        spec = DataSpec.of(x, data.num_classes, data.mean, data.std)
+        self.trainer = LocalTrainer(
+            build_task(cfg.client.task, cfg.client.task_params, spec),
+            cfg.client.task,
             model,
             x,
             y,
             indices,
             offsets,
-            data.mean,
-            data.std,
             batch_size=cfg.client.batch_size,
             local_steps=cfg.client.local_steps,
             local_lr=cfg.client.local_lr,
@@ -99,19 +102,19 @@ class ClientWorker:
             device=self.device,
         )
         if cfg.mode == "sync":
-            self._rounds = RoundClients(self.computer, cfg)
+            self._rounds = RoundClients(self.trainer, cfg)
         return self.info()
 
-    def _update(self, job: Job, weights: np.ndarray) -> Update:
-        if self.computer is None:
+    def _update(self, job: Job, weights: np.ndarray, state: bytes | None = None) -> Update:
+        if self.trainer is None:
             # Ray restarted this worker and delivered a call queued while it was down before the
             # server's attach(): the server re-runs the batch elsewhere and attaches it again.
             raise NotAttachedError(f"client worker {self.index} holds no data: attach() first")
-        vector, loss = self.computer.compute(job.client_id, job.version, weights)
+        vector, loss, state = self.trainer.update(job.client_id, job.version, weights, state)
         if job.client_id in self._faulty:
             vector = corrupt(vector, self._fault_kind)
         self._trim_heap()
-        return Update(job.client_id, job.version, vector, loss, self.index)
+        return Update(job.client_id, job.version, vector, loss, self.index, state)
 
     def info(self) -> dict[str, Any]:
         """Where this worker runs: node id, pid, device, assigned GPU ids."""
@@ -128,26 +131,34 @@ class ClientWorker:
     # long run makes millions of them and the GCS keeps up to 100,000 (memory that grows for the
     # first hours of a run); the dashboard still lists the actors, their failures and attach().
     @ray.method(enable_task_events=False)
-    async def compute(self, job: Job, weights: np.ndarray, delay_s: float = 0.0) -> Update:
-        """The update of ``job``; ``weights`` is the flat w_v (Ray resolves the ObjectRef)."""
+    async def compute(
+        self, job: Job, weights: np.ndarray, delay_s: float = 0.0, state: bytes | None = None
+    ) -> Update:
+        """The update of ``job``; ``weights`` is the flat w_v (Ray resolves the ObjectRef),
+        ``state`` the client's packed state if it has one (:mod:`rayfl.clients.state`)."""
         if delay_s > 0:
             await asyncio.sleep(delay_s)  # injected straggler delay: others compute meanwhile
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._update, job, weights)
+        return await loop.run_in_executor(self._executor, self._update, job, weights, state)
 
     @ray.method(enable_task_events=False)
     async def compute_batch(
-        self, jobs: list[tuple[Job, int]], *weights: np.ndarray
+        self,
+        jobs: list[tuple[Job, int]],
+        *weights: np.ndarray,
+        states: dict[int, bytes] | None = None,
     ) -> list[Update]:
-        """Updates for several jobs; job j uses ``weights[index_j]`` (Ray resolves the refs).
+        """Updates for several jobs; job j uses ``weights[index_j]`` (Ray resolves the refs)
+        and its client's packed state in ``states`` (only clients that have one).
 
         One actor call for a batch amortises Ray's per-call overhead (virtual clock: the server
         knows the order of the next jobs, so it sends them in batches).
         """
         loop = asyncio.get_running_loop()
+        states = states or {}
 
         def work() -> list[Update]:
-            return [self._update(job, weights[i]) for job, i in jobs]
+            return [self._update(job, weights[i], states.get(job.client_id)) for job, i in jobs]
 
         return await loop.run_in_executor(self._executor, work)
 
@@ -155,7 +166,7 @@ class ClientWorker:
 
     async def _in_thread(self, method: str, *args: Any) -> Any:
         """Runs ``RoundClients.<method>(*args)`` in the compute thread."""
-        if self.computer is None:
+        if self.trainer is None:
             # Ray restarted this worker (it died while idle) and nobody has attached it yet.
             raise NotAttachedError(f"client worker {self.index} holds no data: attach() first")
         if self._rounds is None:
@@ -167,10 +178,15 @@ class ClientWorker:
 
     @ray.method(enable_task_events=False)
     async def train_round(
-        self, client_ids: list[int], t: int, weights: np.ndarray
+        self,
+        client_ids: list[int],
+        t: int,
+        weights: np.ndarray,
+        states: dict[int, bytes] | None = None,
     ) -> list[RoundUpdate]:
-        """Trains each client E local epochs from w(t); its new weights, loss and |D_i|."""
-        return await self._in_thread("train", client_ids, t, weights)
+        """Trains each client E local epochs from w(t) (and its packed state in ``states``, if
+        it has one); its new weights, loss, |D_i| and new state."""
+        return await self._in_thread("train", client_ids, t, weights, states)
 
     @ray.method(enable_task_events=False)
     async def query(

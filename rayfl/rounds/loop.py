@@ -42,6 +42,8 @@ import torch
 from rayfl import seeding
 from rayfl.clients.pool import WorkerPool
 from rayfl.clients.rounds import RoundUpdate
+from rayfl.clients.state import ClientStates
+from rayfl.clients.task import DataSpec
 from rayfl.clients.worker import SharedData
 from rayfl.config import ExperimentConfig
 from rayfl.errors import RayflError
@@ -89,9 +91,11 @@ class RoundServer:
         # actor calls per phase (one per worker per message round, re-runs not counted)
         self.calls: collections.Counter[str] = collections.Counter()
         x_test, y_test = ray.get([data.x_test, data.y_test])
-        self.evaluator = Evaluator(
-            cfg, self.model, x_test, y_test, data.mean, data.std, torch.device("cpu")
-        )
+        spec = DataSpec.of(x_test, data.num_classes, data.mean, data.std)
+        self.evaluator = Evaluator(cfg, self.model, x_test, y_test, spec, torch.device("cpu"))
+        # Per-client state (rayfl.clients.state): sent with each client's training, kept from
+        # its RoundUpdate; empty for a task without state.
+        self.client_states = ClientStates()
         self.accuracy = [self._evaluate()[0]]  # acc(w(t)) for t = 0, 1, ... (NaN if not evaluated)
         self.gains: list[float] = []  # G(t) for t = 1, 2, ...
         self.started_at = time.perf_counter()
@@ -102,12 +106,14 @@ class RoundServer:
         """Everything a resumed run needs, at a round boundary. Every random draw of round t
         derives from (seed, t) (and the clients' traits from (seed, client)), so no generator
         state is kept: a run resumed at round t ends on the same weights as an unbroken one. The
-        selector's state is copied, so a later round cannot change a checkpoint not yet written."""
+        selector's state is copied, so a later round cannot change a checkpoint not yet written;
+        so are the clients' states (rayfl.clients.state)."""
         return {
             "mode": "sync",
             "t": self.t,
             "w": self.w.copy(),
             "selector_state": self._copied_selector_state(),
+            "client_states": self.client_states.checkpoint(),
             "virtual_time": self.virtual_time,
             "accuracy": list(self.accuracy),
             "gains": list(self.gains),
@@ -131,6 +137,8 @@ class RoundServer:
         self.t = int(state["t"])
         self.w = state["w"].astype(np.float32, copy=True)
         self.selector_state = state["selector_state"]
+        # checkpoints from before client tasks had none, and no task kept any then
+        self.client_states.restore(state.get("client_states", {}))
         self.virtual_time = float(state["virtual_time"])
         self.accuracy = list(state["accuracy"])
         self.gains = list(state["gains"])
@@ -285,9 +293,15 @@ class RoundServer:
         if not selected.size:
             return [], []
         ids = selected.tolist()
-        updates = self._receive(
-            "training", ids, lambda w, part: w.train_round.remote(part, t, w_ref), order=ids
-        )
+        states = self.client_states
+
+        def train(worker: Any, part: list[int]) -> Any:
+            blobs = states.blobs(part)  # only clients that have state: none for most tasks
+            return worker.train_round.remote(part, t, w_ref, *([blobs] if blobs else []))
+
+        updates = self._receive("training", ids, train, order=ids)
+        for u in updates:  # every trained client's update is averaged: keep its new state
+            states.accept(u.client_id, u.state)
         weights = np.array([u.num_samples for u in updates], dtype=np.float64)
         weights /= weights.sum()
         w = np.zeros(self.w.size, dtype=np.float64)

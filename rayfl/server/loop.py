@@ -9,8 +9,8 @@ exactly those K_t clients. Control rules (adaptive K, remodel, judgement) act on
 chunks, so it can show progress and write results while the server works. Its parts, each in its
 own module: the job queue of the clock (:mod:`rayfl.server.clock`), job scheduling on the worker
 pool (:mod:`rayfl.server.scheduler`), the versions in the object store
-(:mod:`rayfl.server.versions`), the aggregation step (:mod:`rayfl.server.aggregate`) and
-evaluation (:mod:`rayfl.evaluation`).
+(:mod:`rayfl.server.versions`), the aggregation step (:mod:`rayfl.server.aggregate`),
+evaluation (:mod:`rayfl.evaluation`) and the clients' states (:mod:`rayfl.clients.state`).
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ import torch
 from rayfl.aggregation import build_optimizer, build_rule_list, chain, init_rule_state
 from rayfl.aggregation.build import checkpointable
 from rayfl.aggregation.control import Decision, Feedback, build_controls, decide
+from rayfl.clients.state import ClientStates
+from rayfl.clients.task import DataSpec
 from rayfl.clients.worker import SharedData
 from rayfl.config import ExperimentConfig
 from rayfl.errors import RayflError
@@ -40,7 +42,7 @@ from rayfl.server.versions import VersionStore
 from rayfl.speed import SpeedModel
 from rayfl.types import Job, Update
 
-CHECKPOINT_FORMAT = 2  # bump when the checkpoint's layout changes
+CHECKPOINT_FORMAT = 3  # bump when the checkpoint's layout changes (3: client_states)
 
 
 class KAsyncServer:
@@ -75,10 +77,12 @@ class KAsyncServer:
         self.rejected: dict[str, int] = {}  # broken updates rejected, by reason
         self.jobs_dispatched = 0  # every job ever started (restored jobs count once)
         x_test, y_test = ray.get([self.data.x_test, self.data.y_test])
-        self.evaluator = Evaluator(
-            cfg, self.model, x_test, y_test, self.data.mean, self.data.std, self.device
-        )
-        self.scheduler = JobScheduler(cfg, self.data)
+        spec = DataSpec.of(x_test, self.data.num_classes, self.data.mean, self.data.std)
+        self.evaluator = Evaluator(cfg, self.model, x_test, y_test, spec, self.device)
+        # Per-client state (rayfl.clients.state): sent with each job, kept when its update is
+        # accepted; empty for a task without state.
+        self.client_states = ClientStates()
+        self.scheduler = JobScheduler(cfg, self.data, self.client_states)
         self.versions = VersionStore()
         if restore is None:
             self.versions.put(0, self.w)
@@ -144,9 +148,10 @@ class KAsyncServer:
 
         Holds the global model, every version a live job still holds (as ObjectRefs, which
         ``write_checkpoint`` resolves), the rule and control states (momentum, adaptive K,
-        judgement's EWMA, momentum's g_{t-1}), the server optimizer's state, the counters, and the live jobs (the virtual clock's heap). Every
-        random draw in the engine is a pure function of (seed, stream, client, version), so no
-        generator state needs saving.
+        judgement's EWMA, momentum's g_{t-1}), the server optimizer's state, the clients' states
+        (a live job was submitted, or will be, with its client's stored state), the counters,
+        and the live jobs (the virtual clock's heap). Every random draw in the engine is a pure
+        function of (seed, stream, client, version), so no generator state needs saving.
         """
         jobs = sorted(self.queue.current.values())
         held = sorted({j.version for j in jobs} | {self.t})
@@ -158,6 +163,7 @@ class KAsyncServer:
             "rule_state": self.rule_state,
             "optimizer_state": self.optimizer_state,
             "control_state": self.control_state,
+            "client_states": self.client_states.checkpoint(),
             "counters": {
                 "maintained": self.maintained,
                 "remodels": self.remodels,
@@ -191,6 +197,7 @@ class KAsyncServer:
         self.w = state["w"]
         self.rule_state, self.control_state = state["rule_state"], state["control_state"]
         self.optimizer_state = state["optimizer_state"]
+        self.client_states.restore(state["client_states"])
         c = state["counters"]
         self.maintained, self.remodels = c["maintained"], c["remodels"]
         self.scheduler.wasted_jobs = c["wasted_jobs"]
@@ -318,6 +325,8 @@ class KAsyncServer:
                 reason = check_update(u, self.w.shape, self.cfg.aggregation.max_update_norm)
                 if reason is None:
                     updates.append(u)
+                    # accepted: keep its client's new state (a rejected update leaves the old)
+                    self.client_states.accept(u.client_id, u.state)
                     continue
                 rejected[reason] = rejected.get(reason, 0) + 1
                 self._dispatch(u.client_id, t)

@@ -4,8 +4,9 @@ Jobs go to the least busy live worker. On the virtual clock they go out in batch
 for up to ``MAX_BATCH`` jobs, in finish order); on the real clock one call per job, so ``ray.wait``
 sees each job finish. Each call is filed as a :class:`Batch` under the ObjectRef of its first
 submission; a job's *handle* is ``(that ObjectRef, position in the batch)``. A batch whose worker
-died is re-run on a live worker (client work is a pure function of (seed, client, version), so
-the re-run gives the same bytes), and the pool grows when nodes join the cluster.
+died is re-run on a live worker (client work is a pure function of (seed, client, version, the
+client's state), and a call carries the states it was submitted with, so the re-run gives the
+same bytes), and the pool grows when nodes join the cluster.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from typing import Any
 
 import ray
 
-from rayfl.clients.pool import WorkerPool
+from rayfl.clients.pool import WorkerPool, user_error
+from rayfl.clients.state import ClientStates
 from rayfl.clients.worker import NotAttachedError, SharedData, make_pool, pool_size
 from rayfl.config import ExperimentConfig
 from rayfl.errors import RayflError
@@ -43,6 +45,7 @@ class BatchCall:
 
     jobs: list[tuple[Job, int]]  # (job, slot in weights)
     weights: list[Any]
+    states: dict[int, bytes] = dataclasses.field(default_factory=dict)  # client -> packed state
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +55,7 @@ class OneCall:
     job: Job
     weights: Any
     delay_s: float
+    state: bytes | None = None  # the client's packed state, if it has one
 
 
 @dataclasses.dataclass
@@ -72,10 +76,14 @@ class Batch:
 
 class JobScheduler:
     """The worker pool as the K-async server sees it: submit jobs, resolve handles, survive
-    deaths. ``wasted_jobs`` counts submitted jobs dropped before aggregation (remodel)."""
+    deaths. ``wasted_jobs`` counts submitted jobs dropped before aggregation (remodel).
 
-    def __init__(self, cfg: ExperimentConfig, data: SharedData):
+    A job takes its client's state from ``states`` when it is submitted: the client's previous
+    update was taken before this job was dispatched, so that is the state after it."""
+
+    def __init__(self, cfg: ExperimentConfig, data: SharedData, states: ClientStates):
         self.cfg = cfg
+        self.states = states
         self._max_concurrency = min(max(1, cfg.data.num_clients) + 16, 100_000)
         self._last_grow_check = time.perf_counter()
         workers = make_pool(cfg, max_concurrency=self._max_concurrency)
@@ -101,7 +109,8 @@ class JobScheduler:
 
     def submit_one(self, job: Job, weights: Any, delay_s: float) -> Handle:
         """Real clock: one actor call per job."""
-        return (self._send(OneCall(job, weights, delay_s), self._least_busy()), 0)
+        call = OneCall(job, weights, delay_s, self.states.blob(job.client_id))
+        return (self._send(call, self._least_busy()), 0)
 
     def submit_batch(self, jobs: list[Job], version_of: Callable[[Job], int], refs: Any) -> list:
         """Virtual clock: jobs (in finish order) go out in a few batches, one per busy worker.
@@ -114,7 +123,11 @@ class JobScheduler:
             part = jobs[start : start + size]
             versions = sorted({version_of(j) for j in part})
             slot = {v: n for n, v in enumerate(versions)}
-            call = BatchCall([(j, slot[version_of(j)]) for j in part], [refs(v) for v in versions])
+            call = BatchCall(
+                [(j, slot[version_of(j)]) for j in part],
+                [refs(v) for v in versions],
+                self.states.blobs(j.client_id for j in part),
+            )
             ref = self._send(call, self._least_busy())
             handles += [(ref, n) for n in range(len(part))]
         return handles
@@ -126,10 +139,13 @@ class JobScheduler:
     def _send(self, call: BatchCall | OneCall, i: int, batch: Batch | None = None) -> Any:
         """Submits ``call`` to worker i; with ``batch``, re-submits that batch there."""
         worker = self.workers[i]
+        # States only when some client has one: a task without state sends nothing more.
         if isinstance(call, OneCall):
-            new = worker.compute.remote(call.job, call.weights, call.delay_s)
+            state = () if call.state is None else (call.state,)
+            new = worker.compute.remote(call.job, call.weights, call.delay_s, *state)
         else:
-            new = worker.compute_batch.remote(call.jobs, *call.weights)
+            states = {"states": call.states} if call.states else {}
+            new = worker.compute_batch.remote(call.jobs, *call.weights, **states)
         if batch is None:
             batch = Batch(
                 call,
@@ -155,6 +171,8 @@ class JobScheduler:
             values = ray.get([self._batches[r].ref for r in missing])
         except _LOST:
             values = [self._fetch(r) for r in missing]  # one by one, re-running the lost ones
+        except ray.exceptions.RayTaskError as e:
+            raise user_error(e) from None
         for ref, value in zip(missing, values, strict=True):
             self._batches[ref].results = value if isinstance(value, list) else [value]
         updates = [self._batches[ref].results[n] for ref, n in handles]  # type: ignore[index]
@@ -177,6 +195,8 @@ class JobScheduler:
             except _LOST as e:
                 self.pool.died(batch.worker, e, batch.epoch)
                 self._send(batch.call, self._least_busy(), batch)
+            except ray.exceptions.RayTaskError as e:
+                raise user_error(e) from None
         raise RayflError(
             f"a batch of client jobs failed {MAX_RESUBMITS} times on different workers: the "
             "cluster is losing workers faster than they restart; check `ray status`"
