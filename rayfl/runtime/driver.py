@@ -24,6 +24,7 @@ import ray
 
 from rayfl import __version__
 from rayfl.config import ExperimentConfig, dump_config
+from rayfl.environment import fingerprint
 from rayfl.errors import RayflError
 from rayfl.metrics import (
     CONFIG_FILE,
@@ -215,6 +216,7 @@ class RunDriver:
             **summarize(self.log.rows()),
             "driver_wall_s": wall_s,
             **self.engine.summary(finished=self.status in ("finished", "stopped")),
+            "environment": fingerprint(),  # what the floats depend on (rayfl.environment)
         }
         if self.status not in ("finished", "stopped") and self.checkpointed:
             summary["resume"] = f"rayfl run --resume {self.where}"

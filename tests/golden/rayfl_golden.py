@@ -87,6 +87,7 @@ IGNORED: dict[str, dict[str, str]] = {
         "wall_s": "wall clock",
         "driver_wall_s": "wall clock",
         "server_s_per_iteration": "wall clock",
+        "environment": "the machine (its kernels are compared through the fingerprint instead)",
         "num_workers": "the cluster's size",
         "worker_nodes": "node ids of this Ray session",
         "wasted_jobs": "depends on the lookahead window, which is sized from the workers",
