@@ -13,7 +13,7 @@ import time
 import numpy as np
 import torch
 
-from rayfl.aggregation import build_rules, final_direction, start_step
+from rayfl.aggregation import build_optimizer, build_rules, start_step
 from rayfl.clients.local import LocalTrainer
 from rayfl.clients.shipped import build_task
 from rayfl.clients.task import DataSpec
@@ -63,12 +63,13 @@ def plain_run(
         cfg.clock, d.num_clients, cfg.client.batch_size * cfg.client.local_steps, w.nbytes, cfg.seed
     )
     rule = build_rules(cfg.aggregation.rules)
-    state = rule.init()
+    state = rule.init(w)
+    optimizer = build_optimizer(cfg.aggregation.optimizer)
+    opt_state = optimizer.init(w)
     versions = {0: w}
     held = {0: d.num_clients}
     heap = [(speed.duration(c, 0), c, 0) for c in range(d.num_clients)]
     heapq.heapify(heap)
-    previous = None
     losses = []
     start = time.perf_counter()
     for t in range(cfg.iterations):
@@ -85,12 +86,11 @@ def plain_run(
             [t - v for _, _, v in popped],
             [loss for _, loss in results],
             cfg.aggregation.lr,
-            previous,
+            [c for _, c, _ in popped],
         )
-        step, state = rule.update(step, state)
-        direction = final_direction(step)
-        w = (w - np.float32(step.lr) * direction).astype(np.float32, copy=False)
-        previous = direction
+        step, state = rule.update(step, state, w)
+        w, opt_state = optimizer.apply(step, opt_state, w)
+        state = rule.commit(step, state, w)
         losses.append(step.metrics["train/loss"])
         versions[t + 1], held[t + 1] = w, 0
         for _, c, _ in popped:

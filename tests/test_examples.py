@@ -13,11 +13,13 @@ import pytest
 from rayfl_extras.optimizers import server_momentum
 from rayfl_extras.partitioners import quantity_skew
 from rayfl_extras.rules import adaptive_clip, trimmed_mean
+from rayfl_extras.tasks import ClientMomentum
 
 import rayfl
 from rayfl.aggregation import start_step
 from rayfl.config import load_config
 from rayfl.errors import ConfigError
+from rayfl.runtime.checkpoint import read_checkpoint
 
 EXPERIMENT = "examples/experiment.yaml"
 W = np.zeros(2, np.float32)
@@ -61,6 +63,29 @@ def test_server_momentum_by_hand():
     assert w2.dtype == np.float32
 
 
+def test_client_momentum_by_hand():
+    import torch
+
+    from rayfl.clients.task import TaskContext
+
+    task = ClientMomentum(beta=0.5)
+    model = torch.nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        model.weight.fill_(2.0)
+    params = list(model.parameters())
+    x, y = torch.tensor([[1.0]]), torch.tensor([[0.0]])
+    task.loss = lambda m, i, t: ((m(i) - t) ** 2).mean()  # (w x - y)^2: gradient 2 w x^2 = 4
+    state = task.init_state(0, np.zeros(1, np.float32))
+    ctx = TaskContext(
+        0, 0, np.array([2.0], np.float32), np.array([2.0], np.float32), 0.1, torch.device("cpu")
+    )
+    g, loss = task.gradient(model, params, x, y, ctx)  # 4 + 0.5 * 2
+    assert g.tolist() == [5.0] and loss == 4.0
+    new = task.finish(ctx, torch.tensor([2.0]), torch.tensor([1.0]), 2)  # (2 - 1) / (2 * 0.1)
+    np.testing.assert_allclose(new, [5.0])
+    assert state.tolist() == [0.0] and new.dtype == np.float32
+
+
 def test_quantity_skew_sizes():
     labels = np.arange(1000) % 10
     p = quantity_skew(labels, 20, np.random.default_rng(0), sigma=1.0, min_size=10)
@@ -90,6 +115,8 @@ def test_user_parts_run_and_resume_bit_identically(ray_session, tmp_path):
     metrics = pq.read_table(clean.run_dir / "metrics.parquet").to_pandas()
     assert (metrics["extras/trimmed"] == 2.0).all()  # the user's aggregator ran (K = 5, trim 0.2)
     assert metrics["extras/clip_bound"].nunique() > 1  # its state moved
+    held = read_checkpoint(clean.run_dir)["client_states"]  # the task's per-client momentum
+    assert len(held) > 0
     # Resume from the checkpoint at iteration 8: clip bound and velocity come back from it.
     resumed_dir = tmp_path / "resumed"
     half = rayfl.run(

@@ -207,8 +207,8 @@ def test_workers_spread_over_nodes_and_match_the_single_node_run(
 
 
 def test_a_user_package_reaches_every_node_by_runtime_env(local_cluster, tmp_path):
-    """examples/experiment.yaml is made of examples/rayfl_extras' rules, server optimizer and
-    partitioner. The nodes cannot import that package; `--py-module` ships it (Ray's runtime_env
+    """examples/experiment.yaml is made of examples/rayfl_extras' rules, server optimizer,
+    partitioner and client task (with per-client state); sync-experiment.yaml adds its selector. The nodes cannot import that package; `--py-module` ships it (Ray's runtime_env
     py_modules) to the server and the workers on the worker nodes."""
     args = ["run", str(EXAMPLES / "experiment.yaml"), "--address", local_cluster["address"]]
     args += [*RUN, "--set", "iterations=12", "--set", "eval.every=6"]
@@ -234,6 +234,11 @@ def test_a_user_package_reaches_every_node_by_runtime_env(local_cluster, tmp_pat
     bounds = {row["extras/clip_bound"] for row in metrics}
     assert len(bounds) > 1  # the user's stateful rule ran, its state moved
     assert summary["final_accuracy"] > 0.2  # 10 classes: it learns
+    from rayfl.runtime.checkpoint import read_checkpoint
+
+    # the user's client task ran in the workers on the worker nodes: its per-client momentum
+    # came back with the updates and the server keeps it
+    assert len(read_checkpoint(shipped)["client_states"]) > 0
 
     # Synchronous rounds with the user's selector: its query handler runs in the client workers
     # on the worker nodes, its replies reach the server, its columns land in rounds.parquet.
