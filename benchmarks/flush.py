@@ -85,8 +85,14 @@ def main() -> None:
                 f"last {1000 * r['last_flush_s']:7.2f} ms, compaction {1000 * r['compact_s']:6.1f} ms"
             )
     if args.out:
-        machine = {"cpu_count": os.cpu_count(), "python": platform.python_version(), "pyarrow": pa.__version__}
-        args.out.write_text(json.dumps({"machine": machine, "every": args.every, "results": results}, indent=1))
+        machine = {
+            "cpu_count": os.cpu_count(),
+            "python": platform.python_version(),
+            "pyarrow": pa.__version__,
+        }
+        args.out.write_text(
+            json.dumps({"machine": machine, "every": args.every, "results": results}, indent=1)
+        )
 
 
 if __name__ == "__main__":

@@ -47,6 +47,15 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("presets", help="list the shipped presets")
 
+    ck = sub.add_parser("checkpoint", help="checkpoint files of a run folder")
+    ck.add_argument(
+        "action",
+        choices=["convert"],
+        help="convert: rewrite a trusted checkpoint.pkl of rayfl <= 0.1 as checkpoint.npz "
+        "(loads the pickle: only for a file you trust)",
+    )
+    ck.add_argument("run_dir", help="the run folder")
+
     pl = sub.add_parser("plot", help="draw a run folder's figures (PNG)")
     pl.add_argument("run_dir", help="a folder written by `rayfl run`")
     pl.add_argument("--out", help="output folder (default: RUN_DIR/plots)")
@@ -149,6 +158,7 @@ def _command(argv: Sequence[str] | None) -> int:
             "cluster": _cluster,
             "presets": lambda _: _presets(),
             "plot": _plot,
+            "checkpoint": _checkpoint,
         }
         if args.command not in commands:
             _parser().print_help()
@@ -157,6 +167,15 @@ def _command(argv: Sequence[str] | None) -> int:
     except RayflError as e:
         print(f"rayfl: error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
+
+
+def _checkpoint(args: argparse.Namespace) -> int:
+    from rayfl.runtime.checkpoint import convert_legacy
+
+    print(
+        f"wrote {convert_legacy(Path(args.run_dir))}: resume with rayfl run --resume {args.run_dir}"
+    )
+    return 0
 
 
 def _interrupted(detail: str = "", signum: int | None = None) -> int:

@@ -28,7 +28,7 @@ SUMMARY_FILE = "summary.json"
 CONFIG_FILE = "config.yaml"
 MODEL_FILE = "model.pt"
 
-CHECKPOINT_FILE = "checkpoint.pkl"
+CHECKPOINT_FILE = "checkpoint.npz"
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

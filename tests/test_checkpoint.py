@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import pickle
-
 import pyarrow.parquet as pq
 import pytest
 
 import rayfl
 from rayfl.cli import main
+from rayfl.runtime.checkpoint import read_checkpoint
 
 CONTROLS = (
     "aggregation.control={adaptive_k: {eps_k: 0.3, rho: 0.01, k_min: 2}, remodel: {eps_r: 6}, "
@@ -36,7 +35,7 @@ def test_interrupted_and_resumed_run_equals_an_unbroken_run(ray_session, tmp_pat
     with pytest.raises(Stop):
         rayfl.run("tiny", overrides=late, output=broken, progress=False, callback=ctrl_c)
     # What Ctrl-C leaves: readable metrics, and a checkpoint that matches them exactly.
-    state = pickle.loads((broken / "checkpoint.pkl").read_bytes())
+    state = read_checkpoint(broken)
     rows = pq.read_table(broken / "metrics.parquet").to_pandas()
     assert 14 <= state["t"] <= 40  # the chunks in flight at Ctrl-C are kept
     assert list(rows["iteration"]) == list(range(state["t"]))
@@ -78,6 +77,55 @@ def test_resume_bad_folders_fail_in_one_line(tmp_path, capsys):
     assert "not a rayfl run folder" in _cli_error(capsys, ["run", "--resume", str(tmp_path)])
     (tmp_path / "config.yaml").write_text("name: x\n")
     assert "no checkpoint yet" in _cli_error(capsys, ["run", "--resume", str(tmp_path)])
-    (tmp_path / "checkpoint.pkl").write_bytes(pickle.dumps({"t": 1})[:7])  # truncated
+    (tmp_path / "checkpoint.npz").write_bytes(b"PK\x03\x04 truncated")
     assert "unreadable" in _cli_error(capsys, ["run", "--resume", str(tmp_path)])
     assert "drop the config" in _cli_error(capsys, ["run", "tiny", "--resume", str(tmp_path)])
+
+
+def test_checkpoints_hold_no_pickle_and_old_ones_convert_on_request(tmp_path, capsys, monkeypatch):
+    """A checkpoint is JSON + numeric arrays; resuming never loads a pickle; a checkpoint.pkl of
+    rayfl <= 0.1 is refused with the command that converts it, which loads it only then."""
+    import pickle
+
+    import numpy as np
+
+    from rayfl.runtime.checkpoint import write_checkpoint
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("name: x\n")
+    state = {"t": 3, "w": np.arange(4, dtype=np.float32), "rule_state": ((None,), ())}
+    write_checkpoint(run, state)
+    with np.load(run / "checkpoint.npz", allow_pickle=False) as npz:  # no object arrays inside
+        assert all(npz[k].dtype != object for k in npz.files)
+
+    def no_pickle(*args, **kwargs):
+        raise AssertionError("a pickle was loaded")
+
+    with monkeypatch.context() as m:
+        m.setattr(pickle, "load", no_pickle)
+        m.setattr(pickle, "loads", no_pickle)
+        back = read_checkpoint(run)
+    assert back["t"] == 3 and back["w"].tobytes() == state["w"].tobytes()
+
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "config.yaml").write_text("name: x\n")
+    (old / "checkpoint.pkl").write_bytes(pickle.dumps({"t": 5, "w": np.ones(2, np.float32)}))
+    error = _cli_error(capsys, ["run", "--resume", str(old)])
+    assert "is a pickle (checkpoint.pkl" in error and f"rayfl checkpoint convert {old}" in error
+    assert main(["checkpoint", "convert", str(old)]) == 0
+    assert read_checkpoint(old)["t"] == 5
+
+
+def test_a_checkpoint_of_another_state_format_is_one_line(tmp_path, capsys):
+    import json
+
+    import numpy as np
+
+    (tmp_path / "config.yaml").write_text("name: x\n")
+    text = json.dumps({"safestate": 99, "state": {"dict": []}}).encode()
+    np.savez(tmp_path / "checkpoint.npz", __state__=np.frombuffer(text, dtype=np.uint8))
+    assert "has state format 99, this rayfl reads 1" in _cli_error(
+        capsys, ["run", "--resume", str(tmp_path)]
+    )

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import signal
 import subprocess
 import sys
@@ -22,6 +21,7 @@ import pytest
 
 from rayfl import cli as rayfl_cli
 from rayfl import interrupts
+from rayfl.runtime.checkpoint import read_checkpoint
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 
@@ -185,7 +185,7 @@ def run_args(run_dir: Path, *extra: str, iterations: int = 100_000) -> list[str]
 
 
 def checkpoint_iteration(run_dir: Path) -> int:
-    return pickle.loads((run_dir / "checkpoint.pkl").read_bytes())["t"]
+    return read_checkpoint(run_dir)["t"]
 
 
 def metric_iterations(run_dir: Path) -> list[int]:
@@ -200,7 +200,7 @@ def test_sigterm_mid_run_stops_like_ctrl_c_and_resumes(spawn, tmp_path, ray_addr
     address = [] if own_ray else ["--address", ray_address]
     cli = spawn(*run_args(run_dir, *address))
     # Really iterating: the first periodic checkpoint (5 iterations) is on disk.
-    cli.wait_until(lambda: (run_dir / "checkpoint.pkl").is_file(), "checkpoint")
+    cli.wait_until(lambda: (run_dir / "checkpoint.npz").is_file(), "checkpoint")
     code = cli.signal_and_wait(signal.SIGTERM)
 
     line = assert_one_line(cli.stderr, "rayfl: interrupted (SIGTERM)")

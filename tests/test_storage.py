@@ -20,7 +20,7 @@ def test_a_run_writes_to_a_uri_and_resumes_from_it(ray_session, tmp_path):
         "updates.parquet",
         "summary.json",
         "model.pt",
-        "checkpoint.pkl",
+        "checkpoint.npz",
     } <= names
     assert result.summary["storage"] == uri
     assert len(pq.read_table(target / "metrics.parquet")) == 20

@@ -143,10 +143,10 @@ def test_smoke_search_end_to_end(ray_session, tmp_path):
     # Engine checkpoints (every 10 iterations here) reach Tune as trial checkpoints: a trial
     # that ran all 30 iterations reported the ones at 10 and 20. (How many the others got
     # depends on when ASHA stopped them, which depends on the order the trials report in.)
-    ckpts = list(outcome.path.glob("*/checkpoint_*/checkpoint.pkl"))
+    ckpts = list(outcome.path.glob("*/checkpoint_*/checkpoint.npz"))
     for trial_id in trials.loc[trials["training_iteration"] == 6, "trial_id"]:
         assert len([p for p in ckpts if trial_id in str(p)]) == 2, (trial_id, ckpts)
-    assert {p.name for p in ckpts[0].parent.iterdir()} >= {"checkpoint.pkl", "metrics.parquet"}
+    assert {p.name for p in ckpts[0].parent.iterdir()} >= {"checkpoint.npz", "metrics.parquet"}
     best = yaml.safe_load((outcome.path / "best_config.yaml").read_text())
     assert best["aggregation"]["lr"] in (0.02, 0.05)
     # The best config runs unchanged with `rayfl run`.

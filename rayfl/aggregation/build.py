@@ -14,7 +14,6 @@ and a rule's state can be checkpointed.
 
 from __future__ import annotations
 
-import pickle
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -137,13 +136,15 @@ def build_optimizer(spec: Any) -> ServerOptimizer:
 
 
 def checkpointable(where: str, state: Any) -> Any:
-    """``state`` if it pickles (checkpoints hold it), else a ConfigError naming ``where``."""
+    """``state`` if a checkpoint can store it without pickle (:mod:`rayfl.runtime.safestate`),
+    else a ConfigError naming ``where``."""
+    from rayfl.runtime.safestate import UnsafeState, encode
+
     try:
-        pickle.dumps(state)
-    except Exception as e:  # noqa: BLE001 - whatever pickling raises, the state is not storable
+        encode(state, {}, "state")
+    except UnsafeState as e:
         raise ConfigError(
-            f"{where}: its state ({type(state).__name__}) cannot be checkpointed "
-            f"({type(e).__name__}: {e}): keep arrays, numbers, tuples and dicts in a state"
+            f"{where}: its state ({type(state).__name__}) cannot be checkpointed: {e}"
         ) from None
     return state
 

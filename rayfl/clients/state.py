@@ -16,9 +16,10 @@ any worker serves any client. So:
   virtual clock, whatever the lookahead window or the number of workers;
 - :class:`ClientStates` is part of both engines' checkpoints, so a resumed run ends bit-identical.
 
-States travel and are stored pickled (``bytes``), packed in the worker by :func:`pack`: the server
-never opens a client's state (it stands in for the client's own disk), pickling once proves that
-the state fits in a checkpoint, and bytes hold no reference into Ray's object store (a numpy
+States travel and are stored pickled (``bytes``, in memory only: Ray's own transport is pickle),
+packed in the worker by :func:`pack`, which first checks that a checkpoint can store the state
+without pickle (:mod:`rayfl.runtime.safestate`); the server never opens a client's state (it
+stands in for the client's own disk), and bytes hold no reference into Ray's object store (a numpy
 array returned by a worker would pin the whole result it came in). The store holds only the
 clients that have state: a task without state (the default) sends and stores nothing.
 """
@@ -26,7 +27,7 @@ clients that have state: a task without state (the default) sends and stores not
 from __future__ import annotations
 
 import pickle
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from rayfl.errors import RayflError
@@ -41,6 +42,12 @@ def pack(where: str, state: Any) -> bytes | None:
     """
     if state is None:
         return None
+    from rayfl.runtime.safestate import UnsafeState, encode
+
+    try:
+        encode(state, {}, "client state")  # a checkpoint stores it without pickle: check now
+    except UnsafeState as e:
+        raise RayflError(f"{where}: the client state cannot be checkpointed: {e}") from None
     try:
         return pickle.dumps(state, protocol=5)
     except Exception as e:  # noqa: BLE001 - whatever pickling raises, the state is not storable
@@ -91,10 +98,23 @@ class ClientStates:
         blob = self.blob(client_id)
         return None if blob is None else unpack(blob)
 
-    def checkpoint(self) -> dict[int, bytes]:
-        """The store's content for a checkpoint (a copy: later jobs do not change it)."""
-        return dict(self._blobs)
+    def checkpoint(self) -> dict[int, Any]:
+        """The store's content for a checkpoint: each client's state itself (a fresh copy, so
+        later jobs do not change it), which the checkpoint file stores without pickle
+        (:mod:`rayfl.runtime.safestate`)."""
+        return {i: unpack(b) for i, b in self._blobs.items()}
 
-    def restore(self, blobs: Mapping[int, bytes]) -> None:
-        """Replaces the content with a :meth:`checkpoint`'s."""
-        self._blobs = {int(i): bytes(b) for i, b in blobs.items()}
+    def restore(self, states: Mapping[int, Any], template: Callable[[int], Any]) -> None:
+        """Replaces the content with a :meth:`checkpoint`'s, read back from a file: each state
+        gets its classes from ``template(client_id)`` (the task's ``init_state``)."""
+        from rayfl.runtime.safestate import UnsafeState, conform
+
+        blobs = {}
+        for i, state in states.items():
+            try:
+                blobs[int(i)] = pack(
+                    "client.task", conform(state, template(int(i)), "client.task state")
+                )
+            except UnsafeState as e:
+                raise RayflError(str(e)) from None
+        self._blobs = {i: b for i, b in blobs.items() if b is not None}

@@ -28,9 +28,9 @@ never sees: a real server could not know them, the simulator reports them as the
 from __future__ import annotations
 
 import collections
+import copy
 import functools
 import math
-import pickle
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -136,9 +136,14 @@ class RoundServer:
             )
         self.t = int(state["t"])
         self.w = state["w"].astype(np.float32, copy=True)
-        self.selector_state = state["selector_state"]
+        self.selector_state = _conform(
+            state["selector_state"], self.selector_state, "selection.kind"
+        )
         # checkpoints from before client tasks had none, and no task kept any then
-        self.client_states.restore(state.get("client_states", {}))
+        task = self.evaluator.task
+        self.client_states.restore(
+            state.get("client_states", {}), lambda i: task.init_state(i, self.w)
+        )
         self.virtual_time = float(state["virtual_time"])
         self.accuracy = list(state["accuracy"])
         self.gains = list(state["gains"])
@@ -148,16 +153,15 @@ class RoundServer:
         self.calls.update(state["calls"])
 
     def _copied_selector_state(self) -> Any:
-        """The selector's state through pickle: a copy, and the proof that the checkpoint file
-        (a pickle) can hold it."""
+        """The selector's state for a checkpoint, checked to be storable without pickle
+        (:mod:`rayfl.runtime.safestate`), naming ``selection.kind`` if it is not."""
+        from rayfl.runtime.safestate import UnsafeState, encode
+
         try:
-            return pickle.loads(pickle.dumps(self.selector_state, protocol=5))
-        except Exception as e:  # noqa: BLE001 - whatever the selector keeps, say which field
-            raise RayflError(
-                f"selection.kind={self.cfg.selection.kind!r}: the selector's state (a "
-                f"{type(self.selector_state).__name__}) cannot be checkpointed "
-                f"({type(e).__name__}): keep it to numbers, arrays, lists and dicts"
-            ) from None
+            encode(self.selector_state, {}, "the selector's state")
+        except UnsafeState as e:
+            raise RayflError(f"selection.kind={self.cfg.selection.kind!r}: {e}") from None
+        return copy.deepcopy(self.selector_state)
 
     # --- messages from the workers --------------------------------------------------------------
 
@@ -375,3 +379,13 @@ def _update_rows(t: int, updates: list[RoundUpdate]) -> list[dict[str, Any]]:
 def _client_of(item: Any) -> int:
     """The client an item of a worker call is about: a client id, or a message's client_id."""
     return int(getattr(item, "client_id", item))
+
+
+def _conform(state: Any, template: Any, field: str) -> Any:
+    """A state read from a checkpoint, with the classes of the running code's ``template``."""
+    from rayfl.runtime.safestate import UnsafeState, conform
+
+    try:
+        return conform(state, template, field)
+    except UnsafeState as e:
+        raise RayflError(str(e)) from None

@@ -42,7 +42,7 @@ from rayfl.server.versions import VersionStore
 from rayfl.speed import SpeedModel
 from rayfl.types import Job, Update
 
-CHECKPOINT_FORMAT = 3  # bump when the checkpoint's layout changes (3: client_states)
+CHECKPOINT_FORMAT = 4  # bump when the checkpoint's layout changes (4: no pickle)
 
 
 class KAsyncServer:
@@ -195,9 +195,15 @@ class KAsyncServer:
             )
         self.t, self.k = state["t"], state["k"]
         self.w = state["w"]
-        self.rule_state, self.control_state = state["rule_state"], state["control_state"]
-        self.optimizer_state = state["optimizer_state"]
-        self.client_states.restore(state["client_states"])
+        self.rule_state = _conform(state["rule_state"], self.rule_state, "aggregation.rules")
+        self.control_state = _conform(
+            state["control_state"], self.control_state, "aggregation.control"
+        )
+        self.optimizer_state = _conform(
+            state["optimizer_state"], self.optimizer_state, "aggregation.optimizer"
+        )
+        task = self.evaluator.task
+        self.client_states.restore(state["client_states"], lambda i: task.init_state(i, self.w))
         c = state["counters"]
         self.maintained, self.remodels = c["maintained"], c["remodels"]
         self.scheduler.wasted_jobs = c["wasted_jobs"]
@@ -436,3 +442,13 @@ class KAsyncServer:
             "versions_held": len(self.versions),
             "device": str(self.device),
         }
+
+
+def _conform(state: Any, template: Any, field: str) -> Any:
+    """A state read from a checkpoint, with the classes of the running code's ``template``."""
+    from rayfl.runtime.safestate import UnsafeState, conform
+
+    try:
+        return conform(state, template, field)
+    except UnsafeState as e:
+        raise RayflError(str(e)) from None

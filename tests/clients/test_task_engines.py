@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import signal
 import sys
 from pathlib import Path
@@ -18,8 +17,8 @@ import pyarrow.parquet as pq
 import pytest
 
 import rayfl
-from rayfl.clients.state import unpack
 from rayfl.errors import RayflError
+from rayfl.runtime.checkpoint import read_checkpoint
 
 # The config is checked in this process too: client.task must import here as on the workers.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fixtures"))
@@ -49,10 +48,7 @@ def _run(engine, tmp_path, name, *extra, **kwargs):
 
 
 def _states(run_dir):
-    return {
-        i: unpack(b)
-        for i, b in pickle.loads((run_dir / "checkpoint.pkl").read_bytes())["client_states"].items()
-    }
+    return dict(read_checkpoint(run_dir)["client_states"])  # the states, stored without pickle
 
 
 class Stop(KeyboardInterrupt):

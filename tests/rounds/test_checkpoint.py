@@ -80,7 +80,7 @@ def test_a_finished_sync_run_extends_and_checkpoints_periodically(ray_session, t
         progress=False,
         on_checkpoint=lambda d: saved.append(json.dumps(sorted(p.name for p in d.iterdir()))),
     )
-    assert len(saved) == 2 and "checkpoint.pkl" in saved[0]  # at round 2 and at the end
+    assert len(saved) == 2 and "checkpoint.npz" in saved[0]  # at round 2 and at the end
     more = rayfl.run(
         first.run_dir, resume=first.run_dir, overrides=["iterations=6"], progress=False
     )

@@ -9,7 +9,6 @@ Tiny runs as in ``test_rounds.py``: 20 clients, a 16-unit MLP, 500 evaluation im
 from __future__ import annotations
 
 import dataclasses
-import pickle
 import sys
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from rayfl.config import ExperimentConfig, load_config
 from rayfl.errors import ConfigError, RayflError
 from rayfl.rounds.loop import RoundServer
 from rayfl.rounds.records import COMMON_COLUMNS
+from rayfl.runtime.checkpoint import read_checkpoint
 from rayfl.runtime.data import load_data, put_data
 from rayfl.selection.shipped import SHIPPED_COLUMNS
 
@@ -97,7 +97,7 @@ def test_a_custom_selector_runs_records_and_resumes(ray_session, tmp_path):
     cut = tmp_path / "b"
     with pytest.raises(Stop):
         rayfl.run(cfg, output=cut, progress=False, callback=interrupt)
-    state = pickle.loads((cut / "checkpoint.pkl").read_bytes())
+    state = read_checkpoint(cut)
     after_two = np.zeros(20, dtype=np.int64)
     for r in rounds[:2]:
         after_two[r["selected"]] += 1

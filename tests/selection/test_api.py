@@ -4,8 +4,8 @@ run over every shipped selector with its query handlers answered in process."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
-import pickle
 import sys
 from pathlib import Path
 from typing import Any
@@ -16,6 +16,7 @@ import pytest
 from rayfl import seeding
 from rayfl.config import load_config
 from rayfl.errors import ConfigError, RayflError
+from rayfl.runtime import safestate
 from rayfl.selection import (
     SELECTORS,
     Bid,
@@ -247,7 +248,9 @@ def run_in_process(kind: str, rounds: int = 3) -> list[str]:
         assert np.isfinite(sel.payments).all()
         assert set(sel.record) == set(SHIPPED_COLUMNS)  # the three shipped files line up
         assert all(isinstance(k, str) for k in sel.metrics)
-        state = pickle.loads(pickle.dumps(state))  # what a checkpoint does to it
+        arrays: dict = {}  # what a checkpoint does to it: JSON + arrays, then the classes back
+        data = json.loads(json.dumps(safestate.encode(state, arrays)))
+        state = safestate.conform(safestate.decode(data, arrays), selector.init(n), kind)
         seen.append(repr((sel.clients.tolist(), sel.payments.tolist(), sel.record, state)))
     return seen
 
