@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
@@ -64,22 +65,42 @@ class Tracking:
         """Sends the rows no tracker has seen yet (a resumed run repeats none)."""
         if not self.trackers or not rows:
             return
-        for name, tracker in self.trackers.items():
+        for name, tracker in list(self.trackers.items()):
             last = self.state[name].get("last_step", -1)
             fresh = [r for r in rows if r["iteration"] > last]
-            if fresh:
+            if not fresh:
+                continue
+            try:
                 tracker.log(fresh)
-                self.state[name]["last_step"] = fresh[-1]["iteration"]
+            except Exception as e:  # noqa: BLE001 - a tracker must not cost the run its results
+                self._drop(name, e)
+                continue
+            self.state[name]["last_step"] = fresh[-1]["iteration"]
         self._save()
+
+    def _drop(self, name: str, error: Exception) -> None:
+        """Stops sending to a tracker that failed mid-run; the run and its files go on."""
+        warnings.warn(
+            f"tracking: {name} failed ({_reason(error)}) and is off for the rest of this run; "
+            "the run folder has every row",
+            stacklevel=3,
+        )
+        self.trackers.pop(name, None)
 
     def artifacts(self, paths: Iterable[Path]) -> None:
         paths = [p for p in paths if Path(p).is_file()]
-        for tracker in self.trackers.values():
-            tracker.artifacts(paths)
+        for name, tracker in list(self.trackers.items()):
+            try:
+                tracker.artifacts(paths)
+            except Exception as e:  # noqa: BLE001 - as in log
+                self._drop(name, e)
 
     def finish(self, status: str) -> None:
-        for tracker in self.trackers.values():
-            tracker.finish(status)
+        for name, tracker in list(self.trackers.items()):
+            try:
+                tracker.finish(status)
+            except Exception as e:  # noqa: BLE001 - as in log
+                self._drop(name, e)
         self._save()
 
     def _save(self) -> None:
@@ -102,12 +123,21 @@ def open_tracking(
                 f"tracking[{i}]={tracker_name!r} needs a library that is not installed ({e}): "
                 f"pip install 'rayfl[{tracker_name}]'"
             ) from None
+        except Exception as e:  # noqa: BLE001 - a store that cannot be reached, a bad URI, ...
+            raise RayflError(
+                f"tracking[{i}]={tracker_name!r} could not start ({_reason(e)}): check its "
+                "settings (MLFLOW_TRACKING_URI, WANDB_MODE, ...) or drop it from tracking"
+            ) from None
         state[tracker_name] = {**(saved.get(tracker_name) or {}), **ident}
         trackers[tracker_name] = tracker
     tracking = Tracking(run_dir, trackers, state)
     if trackers:
         tracking._save()
     return tracking
+
+
+def _reason(error: Exception) -> str:
+    return (" ".join(f"{type(error).__name__}: {error}".split()))[:240]
 
 
 def add_files(run_dir: Path, cfg: Any, paths: Iterable[Path], status: str) -> None:

@@ -22,6 +22,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from rayfl.partlog import PartLog  # rows flushed so far: parts until the run ends
+
 # About 6 minutes on an idle 2-core machine (the cluster's start, five short runs, a 4-trial
 # search, a 3-minute real-clock run while a node joins), 12 under load: in CI's full run, out of
 # the quick `-m "not slow"` loop.
@@ -340,7 +342,7 @@ def test_a_run_survives_losing_a_worker_node(local_cluster, tmp_path):
             workers = [
                 n for n in ("node_a", "node_b") if any("ClientWorker" in t for t in titles[n])
             ]
-            if len(workers) == 2 and (run_dir / "metrics.parquet").is_file():
+            if len(workers) == 2 and PartLog(run_dir / "metrics.parquet").exists():
                 # The node without the server actor (losing the server ends any run).
                 victim = next(n for n in workers if not any("KAsyncServer" in t for t in titles[n]))
             time.sleep(0.5)
@@ -383,7 +385,7 @@ def test_a_node_that_joins_mid_run_gets_workers(local_cluster, tmp_path):
     proc = _start_cli(args, log, local_cluster)
     try:
         deadline = time.monotonic() + 300
-        while not (run_dir / "metrics.parquet").is_file():  # the pool is up, the run under way
+        while not PartLog(run_dir / "metrics.parquet").exists():  # the run is under way
             assert proc.poll() is None, log.read_text()[-3000:]
             assert time.monotonic() < deadline, "the run never started"
             time.sleep(0.5)

@@ -6,6 +6,8 @@ W&B's protobuf records), with the config, the model and the figures."""
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -16,6 +18,8 @@ from rayfl.plots import plot_run
 from rayfl.tracking import add_files
 
 from . import wandb_reader
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fixtures"))  # user_trackers
 
 ITERATIONS = 60
 SETS = [
@@ -108,17 +112,24 @@ def test_bad_tracking_names_are_one_line_errors():
         load_config("tiny", ["tracking=[mlflow, mlflow]"])
 
 
-def test_a_search_tracks_its_trials_with_tunes_mlflow_callback(ray_session, tmp_path, monkeypatch):
+def test_a_search_tracks_its_trials_with_tunes_callbacks(ray_session, tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
 
     from rayfl.tuning import tune
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.chdir(tmp_path)  # MLflow puts a SQLite store's artifacts in ./mlruns
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
     spec = {
         "base": "tiny",
         "name": "tracked-search",
-        "set": ["iterations=10", "eval.every=5", "eval.max_samples=200", "tracking=[mlflow]"],
+        "set": [
+            "iterations=10",
+            "eval.every=5",
+            "eval.max_samples=200",
+            "tracking=[tensorboard, mlflow, wandb]",
+        ],  # fmt: skip
         "search": {"seed": {"grid": [0, 1]}},
         "metric": "accuracy",
     }
@@ -130,3 +141,39 @@ def test_a_search_tracks_its_trials_with_tunes_mlflow_callback(ray_session, tmp_
     assert len(runs) == 2  # one MLflow run per trial, from Tune's callback, none from the trials
     assert sorted(r.data.params["seed"] for r in runs) == ["0", "1"]
     assert all("objective" in r.data.metrics for r in runs)
+    # W&B: one offline run per trial (in its folder), from Tune's callback, with the results
+    trials = tmp_path / "tune" / "tracked-search"
+    offline = sorted(trials.glob("*/wandb/offline-run-*/run-*.wandb"))
+    assert len(offline) == 2
+    assert all(any("objective" in row for row in wandb_reader.history(f)) for f in offline)
+    # TensorBoard: Tune's own event files in each trial's folder
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = sorted((tmp_path / "tune" / "tracked-search").glob("*/events.out.tfevents.*"))
+    assert len(events) == 2
+    for event_file in events:
+        acc = EventAccumulator(str(event_file))
+        acc.Reload()
+        assert any(tag.endswith("objective") for tag in acc.Tags()["scalars"])
+
+
+def test_a_tracker_that_cannot_start_is_one_line(ray_session, tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "nosuchscheme://nowhere")
+    with pytest.raises(rayfl.RayflError, match=r"tracking\[0\]='mlflow' could not start") as info:
+        rayfl.run(
+            "tiny",
+            overrides=["iterations=2", "tracking=[mlflow]"],
+            output=tmp_path / "r",
+            progress=False,
+        )
+    assert "\n" not in str(info.value)
+    assert (tmp_path / "r" / "config.yaml").is_file()
+
+
+def test_a_tracker_failing_mid_run_costs_the_run_nothing(ray_session, tmp_path):
+    sets = ["iterations=30", "client.num_workers=2", "tracking=[user_trackers:Flaky]"]
+    with pytest.warns(
+        UserWarning, match="user_trackers:Flaky failed .*the run folder has every row"
+    ):
+        result = rayfl.run("tiny", overrides=sets, output=tmp_path / "r", progress=False)
+    assert result.summary["status"] == "finished" and result.summary["iterations"] == 30
