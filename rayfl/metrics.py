@@ -126,10 +126,14 @@ class RunLog:
         now = time.perf_counter()
         if not force and now - self._flushed_at < max(5.0, 20 * self._flush_cost):
             return False
-        self.files[METRICS_FILE].append(self._metrics)
-        self._metrics.clear()
-        self.files[UPDATES_FILE].append(self._updates)
-        self._updates.clear()
+        for name, pending in ((METRICS_FILE, self._metrics), (UPDATES_FILE, self._updates)):
+            # A SIGTERM (raised as KeyboardInterrupt, rayfl.interrupts) between an append and
+            # the clear below would leave rows both on disk and pending: what the disk already
+            # holds is never appended again.
+            log = self.files[name]
+            on_disk = log.last("iteration") if pending else None
+            log.append([r for r in pending if on_disk is None or r["iteration"] > on_disk])
+            pending.clear()
         # pyarrow's allocator (mimalloc) keeps the pages of every merge of the parts: without
         # this the soak benchmark's driver grew by ~90 MB per 400 flushes (whole rewrites then).
         pa.default_memory_pool().release_unused()

@@ -145,6 +145,16 @@ class PartLog:
         """The rows as dicts without their null entries (as they were written)."""
         return [{k: v for k, v in r.items() if v is not None} for r in self.table().to_pylist()]
 
+    def last(self, column: str) -> Any:
+        """The largest ``column`` value on disk (None if nothing is): appends come in increasing
+        order, so the newest part (or the file) holds it."""
+        parts = self._parts()
+        path = parts[-1][2] if parts else self.path
+        if not path.is_file():
+            return None
+        values = pq.read_table(path, columns=[column])[column]
+        return pc.max(values).as_py() if len(values) else None
+
     def exists(self) -> bool:
         return self.path.is_file() or bool(self._parts())
 

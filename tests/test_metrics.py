@@ -107,3 +107,18 @@ def test_compaction_leaves_one_file_per_table(tmp_path):
     table = pq.read_table(tmp_path / METRICS_FILE)
     assert table.column("iteration").to_pylist() == list(range(35))
     assert table.column("y").to_pylist() == [None] * 20 + [0.5] * 15
+
+
+def test_a_flush_interrupted_after_its_append_duplicates_nothing(tmp_path):
+    """SIGTERM arrives as a KeyboardInterrupt at any point: between a part's append and the
+    clear of the pending rows, the rows are on disk and still pending."""
+    log = RunLog(tmp_path)
+    log.extend(*_rows(0, 5))
+    log.flush()
+    log.extend(*_rows(5, 10))
+    for name, pending in ((METRICS_FILE, log._metrics), (UPDATES_FILE, log._updates)):
+        log.files[name].append(pending)  # the append happened, the clear did not
+    log.extend(*_rows(10, 12))
+    log.flush()
+    assert [r["iteration"] for r in read_rows(tmp_path / METRICS_FILE)] == list(range(12))
+    assert len(read_rows(tmp_path / UPDATES_FILE)) == 24

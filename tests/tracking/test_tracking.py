@@ -177,3 +177,12 @@ def test_a_tracker_failing_mid_run_costs_the_run_nothing(ray_session, tmp_path):
     ):
         result = rayfl.run("tiny", overrides=sets, output=tmp_path / "r", progress=False)
     assert result.summary["status"] == "finished" and result.summary["iterations"] == 30
+
+
+def test_a_tracker_whose_library_is_missing_names_the_extra(ray_session, tmp_path):
+    sets = ["iterations=2", "tracking=[user_trackers:NeedsLibrary]"]
+    with pytest.raises(
+        rayfl.RayflError, match=r"needs a library that is not installed .*pip install"
+    ) as info:
+        rayfl.run("tiny", overrides=sets, output=tmp_path / "r", progress=False)
+    assert "\n" not in str(info.value)
