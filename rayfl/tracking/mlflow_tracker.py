@@ -3,6 +3,7 @@ the tracking server of ``MLFLOW_TRACKING_URI`` (MLflow's own default when unset)
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,9 @@ class MlflowTracker:
     ) -> dict[str, Any]:
         from mlflow.tracking import MlflowClient
 
-        self.client = MlflowClient()
+        # The environment's URI first: another library in this process (Ray Tune's MLflow
+        # callback) may have set MLflow's global one.
+        self.client = MlflowClient(tracking_uri=os.environ.get("MLFLOW_TRACKING_URI"))
         if resume is not None:
             self.run_id = resume["run_id"]
             self.client.update_run(self.run_id, status="RUNNING")
