@@ -10,6 +10,8 @@ kept for partitioners (e.g. a writer id for ``flwr:NaturalIdPartitioner``) are
       dataset: hf:flwrlabs/femnist
       dataset_params: {image_column: image, label_column: character, keep_columns: [writer_id]}
 
+A text set names its ``text_column`` instead (each text its UTF-8 bytes, cut or zero-padded to
+``max_length``: uint8 (N, max_length), for a client task that tokenises in its ``batch``).
 The images become rayfl's compact uint8 (N, C, H, W) arrays (one copy per node in Ray's object
 store, whatever the number of clients), with the per-channel mean and std of the training pixels.
 Needs ``pip install 'rayfl[hf]'`` (the ``datasets`` library and Pillow).
@@ -42,8 +44,14 @@ def load_hf(
     test_split: str = "test",
     keep_columns: Sequence[str] = (),
     revision: str | None = None,
+    text_column: str | None = None,
+    max_length: int = 256,
 ) -> tuple[Any, dict[str, np.ndarray]]:
     """The set as the fields of a :class:`~rayfl.data.Dataset`, and the kept training columns.
+
+    With ``text_column`` (instead of images) each sample is its text's UTF-8 bytes, cut or
+    zero-padded to ``max_length``: uint8 (N, max_length) arrays, one copy per node like images,
+    for a client task whose ``batch`` tokenises them (``bytes(row).rstrip(b"\0").decode()``).
 
     Returns:
         (dict of Dataset fields, {column: (n_train,) array}).
@@ -66,7 +74,8 @@ def load_hf(
                 f"{', '.join(splits)}): name one of them"
             )
     train, test = splits[train_split], splits[test_split]
-    for param, column in [("image_column", image_column), ("label_column", label_column)] + [
+    sample = ("text_column", text_column) if text_column else ("image_column", image_column)
+    for param, column in [sample, ("label_column", label_column)] + [
         ("keep_columns", c) for c in keep_columns
     ]:
         if column not in train.column_names:
@@ -74,9 +83,14 @@ def load_hf(
                 f"{FIELD}.{param}={column!r}: {name} has no such column (it has "
                 f"{', '.join(train.column_names)}): name one of them"
             )
-    x_train, y_train = _images(train, image_column, label_column, name)
-    x_test, y_test = _images(test, image_column, label_column, name)
-    mean, std = _channel_stats(x_train)
+    if text_column:
+        x_train, y_train = _texts(train, text_column, label_column, max_length)
+        x_test, y_test = _texts(test, text_column, label_column, max_length)
+        mean, std = (), ()
+    else:
+        x_train, y_train = _images(train, image_column, label_column, name)
+        x_test, y_test = _images(test, image_column, label_column, name)
+        mean, std = _channel_stats(x_train)
     fields = {
         "name": name,
         "x_train": x_train,
@@ -127,6 +141,23 @@ def _images(
     images = images[:, None, :, :] if images.ndim == 3 else np.transpose(images, (0, 3, 1, 2))
     x = np.ascontiguousarray(images, dtype=np.uint8)
     y = np.asarray(rows[label_column]).astype(np.int64)
+    x.setflags(write=False)
+    y.setflags(write=False)
+    return x, y
+
+
+def _texts(
+    split: Any, text_column: str, label_column: str, length: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 (n, length) UTF-8 bytes (cut or zero-padded) and int64 labels of a split."""
+    if length < 1:
+        raise DataError(f"{FIELD}.max_length={length} must be >= 1: use e.g. 256")
+    texts = split[text_column]
+    x = np.zeros((len(texts), length), dtype=np.uint8)
+    for i, text in enumerate(texts):
+        raw = str(text).encode("utf-8")[:length]
+        x[i, : len(raw)] = np.frombuffer(raw, dtype=np.uint8)
+    y = np.asarray(split.with_format("numpy")[label_column]).astype(np.int64)
     x.setflags(write=False)
     y.setflags(write=False)
     return x, y

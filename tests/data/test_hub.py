@@ -152,3 +152,17 @@ def test_a_run_on_an_hf_set_split_by_writer(ray_session, hf_folder, tmp_path):
     result = rayfl.run("tiny", overrides=sets, output=tmp_path / "run", progress=False)
     assert result.summary["status"] == "finished" and result.summary["iterations"] == 6
     assert 0.0 <= result.final_accuracy <= 1.0
+
+
+def test_an_hf_text_set_becomes_utf8_byte_rows(tmp_path):
+    texts = ["good movie", "bad", "ça va très bien, merci"]
+    split = datasets.Dataset.from_dict({"text": texts, "label": [1, 0, 1]})
+    datasets.DatasetDict({"train": split, "test": split}).save_to_disk(str(tmp_path / "t"))
+    ds = load_dataset(f"hf:{tmp_path / 't'}", params={"text_column": "text", "max_length": 12})
+    assert ds.x_train.shape == (3, 12) and ds.x_train.dtype == np.uint8 and ds.num_classes == 2
+    assert bytes(ds.x_train[0]).rstrip(b"\0").decode() == "good movie"
+    assert bytes(ds.x_train[2]) == "ça va très bien, merci".encode()[:12]  # cut at max_length
+    with pytest.raises(
+        DataError, match=r"data.dataset_params.text_column='body': .* has no such column"
+    ):
+        load_dataset(f"hf:{tmp_path / 't'}", params={"text_column": "body"})
