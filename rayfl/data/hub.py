@@ -75,14 +75,9 @@ def load_hf(
             )
     train, test = splits[train_split], splits[test_split]
     sample = ("text_column", text_column) if text_column else ("image_column", image_column)
-    for param, column in [sample, ("label_column", label_column)] + [
+    _check_columns(train, name, [sample, ("label_column", label_column)] + [
         ("keep_columns", c) for c in keep_columns
-    ]:
-        if column not in train.column_names:
-            raise DataError(
-                f"{FIELD}.{param}={column!r}: {name} has no such column (it has "
-                f"{', '.join(train.column_names)}): name one of them"
-            )
+    ])  # fmt: skip
     if text_column:
         x_train, y_train = _texts(train, text_column, label_column, max_length)
         x_test, y_test = _texts(test, text_column, label_column, max_length)
@@ -91,18 +86,22 @@ def load_hf(
         x_train, y_train = _images(train, image_column, label_column, name)
         x_test, y_test = _images(test, image_column, label_column, name)
         mean, std = _channel_stats(x_train)
-    fields = {
-        "name": name,
-        "x_train": x_train,
-        "y_train": y_train,
-        "x_test": x_test,
-        "y_test": y_test,
-        "num_classes": _num_classes(train, label_column, y_train, y_test),
-        "mean": mean,
-        "std": std,
-    }
+    fields = dict(name=name, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+    fields.update(
+        num_classes=_num_classes(train, label_column, y_train, y_test), mean=mean, std=std
+    )
     kept = {c: np.asarray(train.with_format("numpy")[c]) for c in keep_columns}
     return fields, kept
+
+
+def _check_columns(split: Any, name: str, wanted: list[tuple[str, str | None]]) -> None:
+    """Each (param, column) the config names exists in the split; else one line naming it."""
+    for param, column in wanted:
+        if column not in split.column_names:
+            raise DataError(
+                f"{FIELD}.{param}={column!r}: {name} has no such column (it has "
+                f"{', '.join(split.column_names)}): name one of them"
+            )
 
 
 def _open(datasets: Any, source: str, data_dir: str | None, revision: str | None) -> Any:
