@@ -34,7 +34,7 @@ def fingerprint() -> dict[str, Any]:
     import numpy as np
     import torch
 
-    model, flags = _cpu()
+    model, flags = cpu()
     try:
         blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
         blas_id = f"{blas.get('name')} {blas.get('version')}"
@@ -56,7 +56,8 @@ def fingerprint() -> dict[str, Any]:
     }
 
 
-def _cpu() -> tuple[str, str]:
+def cpu() -> tuple[str, str]:
+    """(CPU model name, its feature flags sorted and space-joined), from /proc/cpuinfo."""
     model, flags = "", ""
     try:
         with open("/proc/cpuinfo") as f:

@@ -176,6 +176,21 @@ def check_callable(field: str, fn: Any, what: str, arity: int) -> None:
         ) from None
 
 
+def check_shape(field: str, obj: Any, kind: str, methods: Mapping[str, str]) -> None:
+    """Checks that a factory's product has each method, callable with its arguments.
+
+    ``methods`` maps a method name to its signature as the message shows it, e.g.
+    ``{"init": "init(params)", "update": "update(step, state, params)"}``; the number of names
+    between the parentheses is the positional arity checked.
+    """
+    if not all(hasattr(obj, m) for m in methods):
+        shape = ", ".join(methods.values())
+        raise ConfigError(f"{field} returned {type(obj).__name__}, not a {kind} ({shape})")
+    for name, signature in methods.items():
+        arity = len([a for a in signature[signature.index("(") + 1 : -1].split(",") if a.strip()])
+        check_callable(field, getattr(obj, name), f"its {signature}", arity)
+
+
 # --- helpers -------------------------------------------------------------------------------------
 
 _VARIADIC = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)

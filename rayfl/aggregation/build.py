@@ -23,9 +23,11 @@ from rayfl.aggregation.base import STAGES, Rule, ServerOptimizer, chain
 from rayfl.aggregation.optimizers import OPTIMIZERS
 from rayfl.aggregation.rules import RULES
 from rayfl.errors import ConfigError
-from rayfl.registry import build, check_callable
+from rayfl.registry import build, check_callable, check_shape
 
 RULES_FIELD = "aggregation.rules"
+RULE_METHODS = {"init": "init(params)", "update": "update(step, state, params)"}
+OPTIMIZER_METHODS = {"init": "init(params)", "apply": "apply(step, state, params)"}
 OPTIMIZER_FIELD = "aggregation.optimizer"
 
 
@@ -125,13 +127,7 @@ def build_optimizer(spec: Any) -> ServerOptimizer:
     name, params = entry(OPTIMIZER_FIELD, spec)
     field = f"{OPTIMIZER_FIELD}.{name}" if params else OPTIMIZER_FIELD
     opt = build(field, name, OPTIMIZERS, params, "server optimizer")
-    if not (hasattr(opt, "init") and hasattr(opt, "apply")):
-        raise ConfigError(
-            f"{OPTIMIZER_FIELD}={name!r} returned {type(opt).__name__}, not a ServerOptimizer "
-            "(init(params) -> state, apply(step, state, params) -> (new_params, state))"
-        )
-    check_callable(OPTIMIZER_FIELD, opt.init, "its init(params)", 1)
-    check_callable(OPTIMIZER_FIELD, opt.apply, "its apply(step, state, params)", 3)
+    check_shape(f"{OPTIMIZER_FIELD}={name!r}", opt, "ServerOptimizer", OPTIMIZER_METHODS)
     return ServerOptimizer(opt.init, opt.apply)
 
 
@@ -151,13 +147,7 @@ def checkpointable(where: str, state: Any) -> Any:
 
 def _checked_rule(field: str, rule: Any) -> Rule:
     """A factory's product as a Rule, after checking its shape."""
-    if not (hasattr(rule, "init") and hasattr(rule, "update")):
-        raise ConfigError(
-            f"{field} returned {type(rule).__name__}, not a Rule (init(params) -> state, "
-            "update(step, state, params) -> (step, state))"
-        )
-    check_callable(field, rule.init, "its init(params)", 1)
-    check_callable(field, rule.update, "its update(step, state, params)", 3)
+    check_shape(field, rule, "Rule", RULE_METHODS)
     stage = getattr(rule, "stage", "updates")
     if stage not in STAGES:
         raise ConfigError(f"{field}: its stage {stage!r} is not one of {', '.join(STAGES)}")

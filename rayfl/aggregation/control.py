@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 from rayfl.errors import ConfigError
-from rayfl.registry import build, check_callable
+from rayfl.registry import build, check_shape
 from rayfl.validation import check_int, check_real
 
 
@@ -289,13 +289,8 @@ def build_controls(spec: Mapping[str, Mapping[str, Any] | None]) -> list[tuple[s
     for name, params in spec.items():
         field = f"aggregation.control.{name}"
         control = build(field, name, CONTROLS, params, "control rule")
-        if not (hasattr(control, "init") and hasattr(control, "update")):
-            raise ConfigError(
-                f"{field} returned {type(control).__name__}, not a Control (init(k0) -> state, "
-                "update(feedback, state) -> (decision, state))"
-            )
-        check_callable(field, control.init, "its init(k0)", 1)
-        check_callable(field, control.update, "its update(feedback, state)", 2)
+        methods = {"init": "init(k0)", "update": "update(feedback, state)"}
+        check_shape(field, control, "Control", methods)
         out.append((name, Control(control.init, control.update)))
     return out
 

@@ -218,17 +218,9 @@ def fingerprint() -> dict[str, Any]:
     """
     import torch
 
-    model, flags = "", ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() == "model name" and not model:
-                    model = value.strip()
-                elif key.strip() == "flags" and not flags:
-                    flags = " ".join(sorted(value.split()))
-    except OSError:
-        model = platform.processor()
+    from rayfl.environment import cpu
+
+    model, flags = cpu()
     try:
         blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
         blas_id = f"{blas.get('name')} {blas.get('version')}"
