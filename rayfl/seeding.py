@@ -23,6 +23,8 @@ SELECTION = 22  # client selection draws and tie-breaks (rayfl.selection), keyed
 EXPERIMENT_B = 23  # bargaining-vs-NBS experiment draws (rayfl.selection.experiment_b), keyed by |C|
 ROUND_BATCH = 24  # synchronous rounds: local-epoch shuffles, keyed by (client, round)
 ROUND_LOSS = 25  # synchronous rounds: F_i(w(t)) mini-batches, keyed by (client, round)
+DP_NOISE = 26  # differential privacy: the server's Gaussian noise, keyed by iteration
+CLIENT_SAMPLE = 27  # bounded concurrency: the next clients to start, keyed by iteration
 
 
 def rng(seed: int, stream: int, *ids: int) -> np.random.Generator:

@@ -39,3 +39,4 @@ class Update:
     loss: float
     worker: int = -1  # index of the worker actor that computed it
     state: bytes | None = None  # the client's new state, packed; None: the task keeps none
+    report: dict[str, np.ndarray] | None = None  # ClientTask.report: what rules read beside it

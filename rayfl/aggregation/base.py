@@ -23,7 +23,7 @@ A :class:`ServerOptimizer` is ``init(params) -> state`` and ``apply(step, state,
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -54,6 +54,15 @@ class Step:
     estimate: np.ndarray | None = None  # (P,) g_est, set by `estimate`-type rules
     direction: np.ndarray | None = None  # (P,) g_t, set by the aggregator
     metrics: dict[str, float] = dataclasses.field(default_factory=dict)  # per-iteration records
+    # What the clients' tasks reported beside their updates (ClientTask.report), stacked by
+    # name: reports["delta_c"] is (K, ...) with row j from update j. Empty when none report.
+    reports: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    seed: int = 0  # the run's seed: a rule's random draws come from seeding.rng(seed, ...)
+    num_clients: int = 0  # N, the population the updates came from (0: unknown)
+    # The clients' local models w_i (K, P) float32, made on first call: K-async
+    # w_{v_i} - client.local_lr * u_i (the model the update moved to), rounds the trained
+    # weights. For mixing rules (FedAsync); None where the engine cannot make them.
+    local_models: Callable[[], np.ndarray] | None = None
 
     def with_metrics(self, **values: float) -> Step:
         """Returns a copy with ``values`` merged into ``metrics`` (keys like ``agg/selected``)."""
@@ -65,12 +74,19 @@ def _no_commit(step: Step, state: Any, params: np.ndarray) -> Any:
 
 
 class Rule(NamedTuple):
-    """A composable aggregation transform with explicit state."""
+    """A composable aggregation transform with explicit state.
+
+    ``broadcast(state) -> {name: array}``, if given, is what the rule sends to every client with
+    the model it makes (SCAFFOLD's server control variate c): the engines call it after each
+    commit (and on the initial state) and a client's task reads it as ``ctx.server[name]`` for
+    the version or round its job is on. Arrays only (they go through the object store once per
+    version)."""
 
     init: Callable[[np.ndarray], Any]  # init(w_0) -> state
     update: Callable[[Step, Any, np.ndarray], tuple[Step, Any]]  # (step, state, w_t)
     stage: str = "updates"  # one of STAGES
     commit: Callable[[Step, Any, np.ndarray], Any] = _no_commit  # (final step, state, w_{t+1})
+    broadcast: Callable[[Any], Mapping[str, np.ndarray]] | None = None  # state -> to clients
 
 
 class ServerOptimizer(NamedTuple):
@@ -100,7 +116,17 @@ def chain(*rules: Rule) -> Rule:
     def commit(step: Step, state: tuple[Any, ...], params: np.ndarray) -> tuple[Any, ...]:
         return tuple(r.commit(step, s, params) for r, s in zip(rules, state, strict=True))
 
-    return Rule(init, update, "updates", commit)
+    senders = [(i, r.broadcast) for i, r in enumerate(rules) if r.broadcast is not None]
+    if not senders:
+        return Rule(init, update, "updates", commit)
+
+    def broadcast(state: tuple[Any, ...]) -> dict[str, np.ndarray]:
+        out: dict[str, np.ndarray] = {}
+        for i, send in senders:
+            out.update(send(state[i]))
+        return out
+
+    return Rule(init, update, "updates", commit, broadcast)
 
 
 def final_direction(step: Step) -> np.ndarray:
@@ -118,12 +144,15 @@ def start_step(
     losses: Sequence[float] | np.ndarray,
     lr: float,
     clients: Sequence[int] | np.ndarray | None = None,
+    **context: Any,
 ) -> Step:
-    """Builds the first ``Step`` of an iteration with uniform weights and ``train/loss`` recorded."""
+    """Builds the first ``Step`` of an iteration with uniform weights and ``train/loss`` recorded;
+    ``context`` sets the other fields (``reports``, ``seed``, ``num_clients``, ``local_models``,
+    ``weights``)."""
     k = updates.shape[0]
     losses_arr = np.asarray(losses, dtype=np.float64)
     tau = np.asarray(staleness, dtype=np.int64)
-    return Step(
+    step = Step(
         iteration=iteration,
         updates=updates,
         staleness=tau,
@@ -138,3 +167,4 @@ def start_step(
             "agg/staleness_max": float(tau.max()),
         },
     )
+    return dataclasses.replace(step, **context) if context else step

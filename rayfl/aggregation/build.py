@@ -153,6 +153,10 @@ def _checked_rule(field: str, rule: Any) -> Rule:
         raise ConfigError(f"{field}: its stage {stage!r} is not one of {', '.join(STAGES)}")
     commit = getattr(rule, "commit", None)
     if commit is None:
-        return Rule(rule.init, rule.update, stage)
-    check_callable(field, commit, "its commit(step, state, params)", 3)
-    return Rule(rule.init, rule.update, stage, commit)
+        commit = Rule(rule.init, rule.update).commit  # the default: state unchanged
+    else:
+        check_callable(field, commit, "its commit(step, state, params)", 3)
+    broadcast = getattr(rule, "broadcast", None)
+    if broadcast is not None:
+        check_callable(field, broadcast, "its broadcast(state)", 1)
+    return Rule(rule.init, rule.update, stage, commit, broadcast)

@@ -23,8 +23,8 @@ job gives the same bytes on any worker.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -33,7 +33,7 @@ from torch import nn
 from rayfl import seeding
 from rayfl.clients.shipped import TASK_FIELD
 from rayfl.clients.state import pack, unpack
-from rayfl.clients.task import ClientTask, TaskContext, checked_gradient
+from rayfl.clients.task import ClientTask, TaskContext, checked_gradient, checked_report
 from rayfl.models import set_flat
 
 
@@ -45,6 +45,16 @@ class Trained:
     losses: list[float]  # one per mini-batch
     end: torch.Tensor | None  # (P,) weights after the last step; None if it was skipped
     state: bytes | None  # the client's new state, packed (rayfl.clients.state)
+    report: dict[str, np.ndarray] | None  # what the task reports to the server (checked)
+
+
+class Result(NamedTuple):
+    """One job's result as the engines take it."""
+
+    vector: np.ndarray  # (P,) float32: K-async the update, rounds the trained weights
+    loss: float  # K-async: the first mini-batch's loss; rounds: the mean over mini-batches
+    state: bytes | None  # the client's new packed state (None: none)
+    report: dict[str, np.ndarray] | None  # ClientTask.report's arrays (None: nothing)
 
 
 class LocalTrainer:
@@ -82,8 +92,10 @@ class LocalTrainer:
         self.local_steps = local_steps
         self.local_lr = local_lr
         self.seed = seed
-        # A task that keeps the default finish() never looks at the weights after training.
+        # A task that keeps the default finish() and report() never looks at the weights after
+        # training.
         self._finishes = type(task).finish is not ClientTask.finish
+        self._reports = type(task).report is not ClientTask.report
         # The weights array the model holds now. Compared by identity (and kept referenced so
         # its id cannot be reused): the version number alone is not enough, since with
         # ``staleness: nominal`` a job's version differs from the weights it computes on.
@@ -92,15 +104,17 @@ class LocalTrainer:
     # --- the engines' two schedules -------------------------------------------------------------
 
     def update(
-        self, client_id: int, version: int, weights: np.ndarray, state: bytes | None = None
-    ) -> tuple[np.ndarray, float, bytes | None]:
+        self,
+        client_id: int,
+        version: int,
+        weights: np.ndarray,
+        state: bytes | None = None,
+        server: Mapping[str, np.ndarray] | None = None,
+    ) -> Result:
         """K-async: the update of ``client_id``'s job on ``version``, computed on ``weights``
         (w_version, or the newest model with ``staleness: nominal``) from the client's packed
-        ``state``; the mini-batches depend on (seed, client_id, version) only.
-
-        Returns:
-            ((P,) float32 update, first mini-batch loss, the client's new packed state).
-        """
+        ``state`` and the rules' ``server`` broadcast of that version; the mini-batches depend on
+        (seed, client_id, version) only. The vector is the (P,) float32 update."""
         own = self.own(client_id)
         rng = seeding.rng(self.seed, seeding.BATCH, client_id, version)
         size = min(self.batch_size, own.size)
@@ -109,20 +123,23 @@ class LocalTrainer:
             np.sort(own[rng.choice(own.size, size=size, replace=False)])
             for _ in range(self.local_steps)
         ]
-        ctx = self.context(client_id, version, weights, state)
+        ctx = self.context(client_id, version, weights, state, server)
         several = self.local_steps > 1
-        run = self.run(ctx, schedule, last_step=several or self._finishes)
+        run = self.run(ctx, schedule, last_step=several or self._finishes or self._reports)
         vector = (ctx.start - run.end) / self.local_lr if several else run.grad
-        return vector.to("cpu", torch.float32).numpy(), run.losses[0], run.state
+        return Result(vector.to("cpu", torch.float32).numpy(), run.losses[0], run.state, run.report)
 
     def train(
-        self, client_id: int, t: int, weights: np.ndarray, epochs: int, state: bytes | None = None
-    ) -> tuple[np.ndarray, float, bytes | None]:
-        """Synchronous rounds: ``epochs`` epochs of shuffled mini-batches from w(t) = ``weights``.
-
-        Returns:
-            ((P,) float32 w_i after training, mean mini-batch loss, the new packed state).
-        """
+        self,
+        client_id: int,
+        t: int,
+        weights: np.ndarray,
+        epochs: int,
+        state: bytes | None = None,
+        server: Mapping[str, np.ndarray] | None = None,
+    ) -> Result:
+        """Synchronous rounds: ``epochs`` epochs of shuffled mini-batches from w(t) = ``weights``;
+        the vector is w_i after them, the loss the mean of their mini-batches'."""
         own = self.own(client_id)
         rng = seeding.rng(self.seed, seeding.ROUND_BATCH, client_id, t)
         schedule: list[np.ndarray] = []
@@ -130,9 +147,11 @@ class LocalTrainer:
             order = own[rng.permutation(own.size)]
             step = self.batch_size
             schedule += [np.sort(order[s : s + step]) for s in range(0, order.size, step)]
-        run = self.run(self.context(client_id, t, weights, state), schedule, last_step=True)
+        ctx = self.context(client_id, t, weights, state, server)
+        run = self.run(ctx, schedule, last_step=True)
         assert run.end is not None
-        return run.end.to("cpu", torch.float32).numpy(), float(np.mean(run.losses)), run.state
+        w = run.end.to("cpu", torch.float32).numpy()
+        return Result(w, float(np.mean(run.losses)), run.state, run.report)
 
     @torch.no_grad()
     def loss_at(self, weights: np.ndarray, take: np.ndarray) -> float:
@@ -165,19 +184,28 @@ class LocalTrainer:
                 self._loaded = None  # the model no longer holds ctx.weights
         assert first is not None, "a client without samples"  # partitions give each some
         end = None
-        state = ctx.state
+        state, report = ctx.state, None
         if last_step:
             end = torch.cat([p.detach().reshape(-1) for p in params])
             if self._finishes:
                 state = task.finish(ctx, ctx.start, end, len(schedule))
-        return Trained(first, losses, end, pack(self.where, state))
+            if self._reports:
+                report = checked_report(self.where, task.report(ctx, ctx.start, end, len(schedule)))
+        return Trained(first, losses, end, pack(self.where, state), report)
 
     def context(
-        self, client_id: int, version: int, weights: np.ndarray, state: bytes | None
+        self,
+        client_id: int,
+        version: int,
+        weights: np.ndarray,
+        state: bytes | None,
+        server: Mapping[str, np.ndarray] | None = None,
     ) -> TaskContext:
         """The job's context: the client's state unpacked, or the task's initial one."""
         value = unpack(state) if state is not None else self.task.init_state(client_id, weights)
-        return TaskContext(client_id, version, weights, value, self.local_lr, self.device)
+        return TaskContext(
+            client_id, version, weights, value, self.local_lr, self.device, server or {}
+        )
 
     def own(self, client_id: int) -> np.ndarray:
         """The client's sample indices (a view of the partition)."""

@@ -54,6 +54,7 @@ class RoundUpdate:
     # The client's new state, packed (rayfl.clients.state): opaque to the server, which keeps it
     # for the client's next round and never opens it; None when the task keeps none.
     state: bytes | None = None
+    report: dict[str, np.ndarray] | None = None  # ClientTask.report: what rules read beside it
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -169,16 +170,18 @@ class RoundClients:
         t: int,
         weights: np.ndarray,
         states: dict[int, bytes] | None = None,
+        server: dict[str, np.ndarray] | None = None,
     ) -> list[RoundUpdate]:
         """E local epochs of the task's local SGD from w(t) for each client (section 1), from
-        its packed state in ``states`` if it has one (:meth:`LocalTrainer.train`)."""
+        its packed state in ``states`` if it has one and the rules' ``server`` broadcast
+        (:meth:`LocalTrainer.train`)."""
         out = []
         for i in client_ids:
             i = int(i)
             state = states.get(i) if states else None
-            w, loss, state = self.trainer.train(i, t, weights, self.epochs, state)
+            w, loss, state, report = self.trainer.train(i, t, weights, self.epochs, state, server)
             size = int(self.sizes[i])
-            out.append(RoundUpdate(i, w, loss, size, state))
+            out.append(RoundUpdate(i, w, loss, size, state, report))
         return out
 
     def utilities(

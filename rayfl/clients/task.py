@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -73,6 +73,9 @@ class TaskContext:
     state: Any  # the client's state before this job: the server's copy, or init_state's
     lr: float  # client.local_lr
     device: torch.device
+    # What the server's rules broadcast with the model this job is on (Rule.broadcast): e.g.
+    # SCAFFOLD's server control variate, server["c"]. Read-only numpy arrays; empty if none.
+    server: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
     @functools.cached_property
     def start(self) -> torch.Tensor:
@@ -171,6 +174,17 @@ class ClientTask:
         local step, the step itself is skipped: nothing would see its result.)"""
         return ctx.state
 
+    def report(
+        self, ctx: TaskContext, start: torch.Tensor, end: torch.Tensor, steps: int
+    ) -> Mapping[str, np.ndarray] | None:
+        """What the client sends the server beside its update, after local training from
+        ``start`` to ``end`` in ``steps`` steps (called after :meth:`finish`; ``ctx.state`` is
+        still the state before the job): named numpy arrays that the server's rules read as
+        ``step.reports[name]``, stacked over the iteration's updates (SCAFFOLD's
+        delta c_i). Every update of a run must report the same names and shapes. Default: None,
+        nothing (no extra bytes travel)."""
+        return None
+
     def evaluate(self, model: nn.Module, inputs: Any, targets: Any) -> tuple[float, float]:
         """(summed loss, number correct) of the model on one evaluation batch; the server
         divides both by the number of samples (``eval/loss``, ``eval/accuracy``). A task without
@@ -206,4 +220,19 @@ def checked_gradient(where: str, grad: Any, size: int) -> torch.Tensor:
     raise RayflError(
         f"{where}: gradient() returned {got}, not the flat ({size},) float32 gradient of the "
         "model's parameters: concatenate every parameter's gradient in model.parameters() order"
+    )
+
+
+def checked_report(where: str, report: Any) -> dict[str, np.ndarray] | None:
+    """``report`` as a dict of numpy arrays (None stays None), else a one-line RayflError naming
+    ``where``: a report is stacked over an iteration's updates on the server."""
+    if report is None:
+        return None
+    if isinstance(report, Mapping) and all(
+        isinstance(k, str) and isinstance(v, np.ndarray) for k, v in report.items()
+    ):
+        return dict(report)
+    raise RayflError(
+        f"{where}: report() returned {type(report).__name__}, not a mapping of names to numpy "
+        "arrays: return e.g. {'delta_c': array} (convert tensors with .cpu().numpy())"
     )

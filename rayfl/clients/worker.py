@@ -105,16 +105,24 @@ class ClientWorker:
             self._rounds = RoundClients(self.trainer, cfg)
         return self.info()
 
-    def _update(self, job: Job, weights: np.ndarray, state: bytes | None = None) -> Update:
+    def _update(
+        self,
+        job: Job,
+        weights: np.ndarray,
+        state: bytes | None = None,
+        server: dict[str, np.ndarray] | None = None,
+    ) -> Update:
         if self.trainer is None:
             # Ray restarted this worker and delivered a call queued while it was down before the
             # server's attach(): the server re-runs the batch elsewhere and attaches it again.
             raise NotAttachedError(f"client worker {self.index} holds no data: attach() first")
-        vector, loss, state = self.trainer.update(job.client_id, job.version, weights, state)
+        vector, loss, state, report = self.trainer.update(
+            job.client_id, job.version, weights, state, server
+        )
         if job.client_id in self._faulty:
             vector = corrupt(vector, self._fault_kind)
         self._trim_heap()
-        return Update(job.client_id, job.version, vector, loss, self.index, state)
+        return Update(job.client_id, job.version, vector, loss, self.index, state, report)
 
     def info(self) -> dict[str, Any]:
         """Where this worker runs: node id, pid, device, assigned GPU ids."""
@@ -132,24 +140,33 @@ class ClientWorker:
     # first hours of a run); the dashboard still lists the actors, their failures and attach().
     @ray.method(enable_task_events=False)
     async def compute(
-        self, job: Job, weights: np.ndarray, delay_s: float = 0.0, state: bytes | None = None
+        self,
+        job: Job,
+        weights: np.ndarray,
+        delay_s: float = 0.0,
+        state: bytes | None = None,
+        server: dict[str, np.ndarray] | None = None,
     ) -> Update:
         """The update of ``job``; ``weights`` is the flat w_v (Ray resolves the ObjectRef),
-        ``state`` the client's packed state if it has one (:mod:`rayfl.clients.state`)."""
+        ``state`` the client's packed state if it has one (:mod:`rayfl.clients.state`),
+        ``server`` the rules' broadcast with w_v if they make one (``Rule.broadcast``)."""
         if delay_s > 0:
             await asyncio.sleep(delay_s)  # injected straggler delay: others compute meanwhile
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._update, job, weights, state)
+        return await loop.run_in_executor(self._executor, self._update, job, weights, state, server)
 
     @ray.method(enable_task_events=False)
     async def compute_batch(
         self,
         jobs: list[tuple[Job, int]],
-        *weights: np.ndarray,
+        *weights: Any,
         states: dict[int, bytes] | None = None,
+        servers: int = 0,
     ) -> list[Update]:
         """Updates for several jobs; job j uses ``weights[index_j]`` (Ray resolves the refs)
-        and its client's packed state in ``states`` (only clients that have one).
+        and its client's packed state in ``states`` (only clients that have one). With
+        ``servers`` > 0 the last ``servers`` arguments are the rules' broadcasts, one per weights
+        slot (``Rule.broadcast``: refs too, so they are passed beside the weights).
 
         One actor call for a batch amortises Ray's per-call overhead (virtual clock: the server
         knows the order of the next jobs, so it sends them in batches).
@@ -157,8 +174,14 @@ class ClientWorker:
         loop = asyncio.get_running_loop()
         states = states or {}
 
+        models = weights[: len(weights) - servers]
+        broadcasts = weights[len(models) :] if servers else [None] * len(models)
+
         def work() -> list[Update]:
-            return [self._update(job, weights[i], states.get(job.client_id)) for job, i in jobs]
+            return [
+                self._update(job, models[i], states.get(job.client_id), broadcasts[i])
+                for job, i in jobs
+            ]
 
         return await loop.run_in_executor(self._executor, work)
 
@@ -183,10 +206,12 @@ class ClientWorker:
         t: int,
         weights: np.ndarray,
         states: dict[int, bytes] | None = None,
+        server: dict[str, np.ndarray] | None = None,
     ) -> list[RoundUpdate]:
         """Trains each client E local epochs from w(t) (and its packed state in ``states``, if
-        it has one); its new weights, loss, |D_i| and new state."""
-        return await self._in_thread("train", client_ids, t, weights, states)
+        it has one, and the rules' ``server`` broadcast); its new weights, loss, |D_i|, new
+        state and report."""
+        return await self._in_thread("train", client_ids, t, weights, states, server)
 
     @ray.method(enable_task_events=False)
     async def query(

@@ -76,8 +76,8 @@ def _full_batch_gradient(w, client):
 def test_update_is_the_minibatch_gradient_and_is_deterministic():
     uc = _trainer()
     w = get_flat(_model())
-    g1, loss1, state1 = uc.update(1, 0, w)
-    g2, loss2, _ = uc.update(1, 0, w)
+    g1, loss1, state1, _ = uc.update(1, 0, w)
+    g2, loss2, _, _ = uc.update(1, 0, w)
     assert np.array_equal(g1, g2) and loss1 == loss2
     assert state1 is None  # the default task keeps no state: nothing to send or store
     expected, loss = _full_batch_gradient(w, 1)  # batch_size = client size
@@ -88,10 +88,10 @@ def test_update_is_the_minibatch_gradient_and_is_deterministic():
 def test_local_steps_pseudo_gradient():
     one, two = _trainer(), _trainer(local_steps=2)
     w = get_flat(_model())
-    g_one, _, _ = one.update(0, 0, w)
-    g_two, _, _ = two.update(0, 0, w)
+    g_one, *_ = one.update(0, 0, w)
+    g_two, *_ = two.update(0, 0, w)
     # Full-batch steps (batch_size = client size): (w0 - w2) / lr = g(w0) + g(w1), w1 = w0 - lr g(w0).
-    g_at_w1, _, _ = one.update(0, 1, w - np.float32(0.1) * g_one)
+    g_at_w1, *_ = one.update(0, 1, w - np.float32(0.1) * g_one)
     np.testing.assert_allclose(g_two, g_one + g_at_w1, rtol=1e-4, atol=1e-5)
     # The model is reloaded for the next job, so repeated calls agree.
     assert np.array_equal(g_two, two.update(0, 0, w)[0])
@@ -100,7 +100,7 @@ def test_local_steps_pseudo_gradient():
 def test_a_round_trains_from_the_received_weights():
     uc = _trainer()
     w = get_flat(_model())
-    trained, loss, state = uc.train(1, 0, w, epochs=1)  # one full-batch step
+    trained, loss, state, _ = uc.train(1, 0, w, epochs=1)  # one full-batch step
     g, expected_loss = _full_batch_gradient(w, 1)
     np.testing.assert_allclose(trained, w - np.float32(0.1) * g, rtol=1e-5, atol=1e-6)
     assert loss == pytest.approx(expected_loss, rel=1e-6) and state is None
@@ -129,22 +129,22 @@ def test_the_state_changes_the_update_and_comes_back_new():
     counting = _trainer("client_tasks:Counting", {"scale": 0.5})
     plain = _trainer()
     w = get_flat(_model())
-    g, _, _ = plain.update(1, 0, w)
-    first, _, state = counting.update(1, 0, w)  # no state yet: init_state's 0
+    g, *_ = plain.update(1, 0, w)
+    first, _, state, _ = counting.update(1, 0, w)  # no state yet: init_state's 0
     assert np.array_equal(first, g) and unpack(state) == 1
-    third, _, state = counting.update(1, 0, w, pack("t", 2))  # two accepted before: x (1 + 1)
+    third, _, state, _ = counting.update(1, 0, w, pack("t", 2))  # two accepted before: x (1 + 1)
     assert np.array_equal(third, 2 * g) and unpack(state) == 3
 
 
 def test_a_control_variate_is_the_gradient_after_one_step():
     cv = _trainer("client_tasks:ControlVariate", {"beta": 0.5})
     w = get_flat(_model())
-    g, _, state = cv.update(0, 0, w)
+    g, _, state, _ = cv.update(0, 0, w)
     c = unpack(state)
     assert c.dtype == np.float32 and c.shape == w.shape
     # c_0 = 0, so g - beta c = g, and option II gives c_1 = (w - (w - lr g)) / lr = g
     np.testing.assert_allclose(c, g, rtol=1e-4, atol=1e-6)
-    g2, _, _ = cv.update(0, 0, w, state)  # corrected by -beta c_1
+    g2, *_ = cv.update(0, 0, w, state)  # corrected by -beta c_1
     np.testing.assert_allclose(g2, g - 0.5 * c, rtol=1e-5, atol=1e-6)
 
 
