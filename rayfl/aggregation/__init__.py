@@ -11,6 +11,7 @@ from rayfl.aggregation.base import (
     start_step,
 )
 from rayfl.aggregation.build import (
+    RULES,
     build_optimizer,
     build_rule_list,
     build_rules,
@@ -22,7 +23,6 @@ from rayfl.aggregation.build import (
 from rayfl.aggregation.optimizers import OPTIMIZERS, sgd
 from rayfl.aggregation.recipes import RECIPES, kasync, wkafl
 from rayfl.aggregation.rules import (
-    RULES,
     EmptyState,
     MomentumState,
     clip_by_norm,

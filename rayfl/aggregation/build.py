@@ -21,10 +21,14 @@ import numpy as np
 
 from rayfl.aggregation.base import STAGES, Rule, ServerOptimizer, chain
 from rayfl.aggregation.optimizers import OPTIMIZERS
-from rayfl.aggregation.rules import RULES
+from rayfl.aggregation.privacy import PRIVACY_RULES
+from rayfl.aggregation.rules import RULES as CORE_RULES
+from rayfl.aggregation.scaffold import SCAFFOLD_RULES
 from rayfl.errors import ConfigError
 from rayfl.registry import build, check_callable, check_shape
 
+RULES = {**CORE_RULES, **PRIVACY_RULES, **SCAFFOLD_RULES}
+"""Every shipped rule, by name: the spec's (rules.py), DP-FedAvg's (privacy.py), SCAFFOLD's."""
 RULES_FIELD = "aggregation.rules"
 RULE_METHODS = {"init": "init(params)", "update": "update(step, state, params)"}
 OPTIMIZER_METHODS = {"init": "init(params)", "apply": "apply(step, state, params)"}
