@@ -30,7 +30,30 @@ def classification() -> Any:
     return ClientTask()  # the base class's hooks are the classification task
 
 
-TASKS: dict[str, Callable[..., Any]] = {"classification": classification}
+def fedprox(mu: float = 0.01) -> Any:
+    """FedProx (Li et al., MLSys 2020): classification whose local gradients get the proximal
+    term mu (w - w_t), w_t the model received; mu >= 0, and mu = 0 is ``classification``
+    (:class:`rayfl.clients.baselines.FedProx`)."""
+    from rayfl.clients.baselines import FedProx
+
+    return FedProx(mu)
+
+
+def scaffold() -> Any:
+    """SCAFFOLD, option II (Karimireddy et al., ICML 2020): classification whose local gradients
+    are corrected by c - c_i, with a control variate c_i per client (its state) and the server's
+    c from the ``scaffold`` rule, which ``aggregation.rules`` must include
+    (:class:`rayfl.clients.baselines.Scaffold`)."""
+    from rayfl.clients.baselines import Scaffold
+
+    return Scaffold()
+
+
+TASKS: dict[str, Callable[..., Any]] = {
+    "classification": classification,
+    "fedprox": fedprox,
+    "scaffold": scaffold,
+}
 """Shipped client tasks; ``client.task`` may also be an import path ``package.module:factory``."""
 
 
