@@ -475,6 +475,7 @@ class ExperimentConfig:
             raise ConfigError(
                 f"tracking={list(self.tracking)} names a tracker twice: list each once"
             )
+        _check_privacy(self)
         if self.mode == "sync":
             _check_sync(self)
         elif self.aggregation.k > self.data.num_clients:
@@ -490,7 +491,39 @@ class ExperimentConfig:
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> ExperimentConfig:
         """Builds and validates a config from a nested mapping (as read from YAML)."""
-        return _build(cls, raw, "")
+        return _build(cls, _sync_defaults(raw), "")
+
+
+def _sync_defaults(raw: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``mode: sync`` aggregates with FedAvg unless the config says otherwise: the ``fedavg``
+    recipe and server lr 1 (the K-async defaults, WKAFL at 0.05, are meaningless there)."""
+    if raw.get("mode") != "sync":
+        return raw
+    agg = raw.get("aggregation")
+    agg = dict(agg) if isinstance(agg, Mapping) else {}
+    if "rules" not in agg:
+        from rayfl.aggregation.recipes import fedavg
+
+        agg["rules"] = fedavg()
+    agg.setdefault("lr", 1.0)
+    return {**raw, "aggregation": agg}
+
+
+def _check_privacy(cfg: ExperimentConfig) -> None:
+    """DP-FedAvg's accountant assumes uniform sampling of a fixed number of clients a round: the
+    synchronous engine's ``random`` selector. pow-d and the incentive mechanism pick clients by
+    their losses or bids, and the K-async engine by arrival time; it cannot account for those."""
+    from rayfl.aggregation import rule_names
+
+    if "dp_noise" not in rule_names(cfg.aggregation.rules):
+        return
+    if cfg.mode != "sync" or cfg.selection.kind != "random":
+        got = f"mode: {cfg.mode}" if cfg.mode != "sync" else f"selection.kind: {cfg.selection.kind}"
+        raise ConfigError(
+            f"aggregation.rules.dp_noise cannot account for the privacy of {got}: its accountant "
+            "needs uniform sampling of a fixed number of clients, i.e. mode: sync with "
+            "selection.kind: random"
+        )
 
 
 def _check_sync(cfg: ExperimentConfig) -> None:

@@ -95,6 +95,37 @@ def dp_clip(clip_norm: float = 1.0) -> Rule:
     return _stateless(update)
 
 
+def _checked_noise_params(
+    noise_multiplier: float, clip_norm: float, delta: float | None, accountant: str
+) -> tuple[float, float, float | None]:
+    """dp_noise's parameters, checked (one-line ConfigErrors naming the field)."""
+    z = check_real(
+        f"{NOISE_FIELD}.noise_multiplier",
+        noise_multiplier,
+        low=0.0,
+        fix="use a noise multiplier >= 0, e.g. 1.0",
+    )
+    clip_norm = _checked_clip_norm(NOISE_FIELD, clip_norm)
+    if delta is not None:
+        delta = check_real(
+            f"{NOISE_FIELD}.delta",
+            delta,
+            low=0.0,
+            high=1.0,
+            low_open=True,
+            high_open=True,
+            fix="use a probability in (0, 1), e.g. 1e-5, or leave it out for 1 / N^1.1",
+        )
+    if accountant not in ACCOUNTANTS:
+        fail(
+            f"{NOISE_FIELD}.accountant",
+            accountant,
+            "is not a known accountant",
+            f"use one of {', '.join(ACCOUNTANTS)}",
+        )
+    return z, clip_norm, delta
+
+
 def dp_noise(
     noise_multiplier: float = 1.0,
     clip_norm: float = 1.0,
@@ -128,30 +159,7 @@ def dp_noise(
             every population size.
         accountant: ``"rdp"`` (Renyi DP, dp-accounting's ``RdpAccountant``), the only one yet.
     """
-    z = check_real(
-        f"{NOISE_FIELD}.noise_multiplier",
-        noise_multiplier,
-        low=0.0,
-        fix="use a noise multiplier >= 0, e.g. 1.0",
-    )
-    clip_norm = _checked_clip_norm(NOISE_FIELD, clip_norm)
-    if delta is not None:
-        delta = check_real(
-            f"{NOISE_FIELD}.delta",
-            delta,
-            low=0.0,
-            high=1.0,
-            low_open=True,
-            high_open=True,
-            fix="use a probability in (0, 1), e.g. 1e-5, or leave it out for 1 / N^1.1",
-        )
-    if accountant not in ACCOUNTANTS:
-        fail(
-            f"{NOISE_FIELD}.accountant",
-            accountant,
-            "is not a known accountant",
-            f"use one of {', '.join(ACCOUNTANTS)}",
-        )
+    z, clip_norm, delta = _checked_noise_params(noise_multiplier, clip_norm, delta, accountant)
     _dp_accounting()  # a missing library fails when the config is built, not at step 1
 
     def init(params: np.ndarray) -> NoiseState:

@@ -49,4 +49,10 @@ def wkafl(
     ]
 
 
-RECIPES: dict[str, Callable[..., RuleSpec]] = {"kasync": kasync, "wkafl": wkafl}
+def fedavg() -> RuleSpec:
+    """FedAvg's server step (McMahan et al. 2017), the default of ``mode: sync``: the weighted
+    mean of the pseudo-gradients w(t) - w_i with |D_i| weights and the server lr (1 = FedAvg)."""
+    return [{"weighted_sum": {}}, {"constant_lr": {}}]
+
+
+RECIPES: dict[str, Callable[..., RuleSpec]] = {"kasync": kasync, "wkafl": wkafl, "fedavg": fedavg}

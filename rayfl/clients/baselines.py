@@ -24,7 +24,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from rayfl.clients.shipped import TASK_FIELD, TASK_PARAMS_FIELD
 from rayfl.clients.task import ClientTask, TaskContext
 from rayfl.errors import RayflError
 from rayfl.validation import check_real
@@ -51,7 +50,7 @@ class FedProx(ClientTask):
 
     def __init__(self, mu: float = 0.01):
         self.mu = check_real(
-            f"{TASK_PARAMS_FIELD}.mu", mu, low=0.0, fix="use a proximal coefficient >= 0, e.g. 0.01"
+            "client.task_params.mu", mu, low=0.0, fix="use a proximal coefficient >= 0, e.g. 0.01"
         )
 
     def gradient(
@@ -139,14 +138,14 @@ def server_control(ctx: TaskContext) -> np.ndarray:
     c = ctx.server.get(SERVER_CONTROL)
     if c is None:
         raise RayflError(
-            f"{TASK_FIELD}='scaffold': the server sent no control variate "
+            f"client.task='scaffold': the server sent no control variate "
             f"(ctx.server has {sorted(ctx.server) or 'nothing'}): add the `scaffold` rule to "
             "aggregation.rules (a per-update rule: list it before the aggregator)"
         )
     c = np.asarray(c, dtype=np.float32)
     if c.shape != np.shape(ctx.weights):
         raise RayflError(
-            f"{TASK_FIELD}='scaffold': the server's control variate has shape {c.shape}, the "
+            f"client.task='scaffold': the server's control variate has shape {c.shape}, the "
             f"model {np.shape(ctx.weights)}: the `scaffold` rule must be built on this model"
         )
     return c

@@ -49,6 +49,7 @@ from rayfl.config import ExperimentConfig
 from rayfl.errors import RayflError
 from rayfl.evaluation import Evaluator
 from rayfl.models import build_model, get_flat
+from rayfl.rounds.aggregate import RoundAggregator
 from rayfl.rounds.records import check_names, merged, round_record
 from rayfl.selection.api import (
     RoundContext,
@@ -80,6 +81,9 @@ class RoundServer:
         self.model = build_model(cfg.model, data.input_shape, data.num_classes, cfg.seed)
         self.w = get_flat(self.model)  # (P,) float32, w(t)
         self.t = 0
+        # FedAvg, or the config's rule chain and server optimizer (rayfl.rounds.aggregate)
+        self.aggregator = RoundAggregator(cfg, self.w)
+        self._agg_metrics: dict[str, float] = {}
         # The same selector the workers build for its query handlers; its state is explicit
         # (the incentive mechanism's carried budget r(t-1)) and checkpointed with the run.
         self.selector = build_selector(cfg)
@@ -114,6 +118,7 @@ class RoundServer:
             "w": self.w.copy(),
             "selector_state": self._copied_selector_state(),
             "client_states": self.client_states.checkpoint(),
+            **copy.deepcopy(self.aggregator.checkpoint()),
             "virtual_time": self.virtual_time,
             "accuracy": list(self.accuracy),
             "gains": list(self.gains),
@@ -144,6 +149,7 @@ class RoundServer:
         self.client_states.restore(
             state.get("client_states", {}), lambda i: task.init_state(i, self.w)
         )
+        self.aggregator.restore(state, _conform)
         self.virtual_time = float(state["virtual_time"])
         self.accuracy = list(state["accuracy"])
         self.gains = list(state["gains"])
@@ -241,6 +247,7 @@ class RoundServer:
         if not math.isnan(loss):
             row["eval/loss"] = loss
         row = merged(cfg.selection.kind, "metrics", row, selection.metrics)
+        row.update(self._agg_metrics)  # the chain's agg/* and dp/* (none for plain FedAvg)
         return row, record, _update_rows(t, updates)
 
     def _select(self, t: int, m: int, w_ref: Any) -> Selection:
@@ -294,24 +301,23 @@ class RoundServer:
         FedAvg (section 1). Returns the updates and the clients' realised utilities, in
         selection order (simulator only)."""
         selected = selection.clients
+        self._agg_metrics = {}
         if not selected.size:
             return [], []
         ids = selected.tolist()
         states = self.client_states
+        broadcast = self.aggregator.broadcast()  # the rules' message with w(t), e.g. SCAFFOLD's c
+        server = {} if broadcast is None else {"server": ray.put(broadcast)}
 
         def train(worker: Any, part: list[int]) -> Any:
             blobs = states.blobs(part)  # only clients that have state: none for most tasks
-            return worker.train_round.remote(part, t, w_ref, *([blobs] if blobs else []))
+            extra = {"states": blobs} if blobs else {}
+            return worker.train_round.remote(part, t, w_ref, **extra, **server)
 
         updates = self._receive("training", ids, train, order=ids)
         for u in updates:  # every trained client's update is averaged: keep its new state
             states.accept(u.client_id, u.state)
-        weights = np.array([u.num_samples for u in updates], dtype=np.float64)
-        weights /= weights.sum()
-        w = np.zeros(self.w.size, dtype=np.float64)
-        for p, u in zip(weights, updates, strict=True):
-            w += p * u.weights
-        self.w = w.astype(np.float32)
+        self.w, self._agg_metrics = self.aggregator.aggregate(t, self.w, updates)
         self.virtual_time += float(self.train_time[selected].max())
         # Simulator's records only: the clients' realised utilities (unpaid clients: x_i = 0).
         paid = dict(zip(ids, np.asarray(selection.payments).tolist(), strict=False))

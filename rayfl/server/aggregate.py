@@ -66,8 +66,13 @@ def aggregate(
     updates: Sequence[Update],
     w: np.ndarray,
     lr: float,
+    **context: Any,
 ) -> Aggregate:
-    """Runs the rule chain and the server optimizer on the K_t valid ``updates`` of iteration t."""
+    """Runs the rule chain and the server optimizer on the K_t valid ``updates`` of iteration t;
+    ``context`` sets more Step fields (``seed``, ``num_clients``, ``local_models``)."""
+    reports = stacked_reports([u.report for u in updates])
+    if reports:
+        context["reports"] = reports
     step = start_step(
         t,
         np.stack([u.vector for u in updates]),
@@ -75,6 +80,7 @@ def aggregate(
         [u.loss for u in updates],
         lr,
         [u.client_id for u in updates],
+        **context,
     )
     step, rule_state = rule.update(step, rule_state, w)
     direction = final_direction(step)
@@ -86,6 +92,40 @@ def aggregate(
             f"{candidate.dtype}: it must return (P,) float32 like the params it was given"
         )
     return Aggregate(step, direction, candidate, rule_state, optimizer_state)
+
+
+def stacked_reports(reports: Sequence[dict[str, np.ndarray] | None]) -> dict[str, np.ndarray]:
+    """The clients' reports (ClientTask.report) stacked by name: {name: (K, ...) array}; empty
+    when none reports. Every update must report the same names and shapes."""
+    if all(r is None for r in reports):
+        return {}
+    names = [sorted(r) if r is not None else [] for r in reports]
+    if any(n != names[0] for n in names):
+        raise RayflError(
+            f"client.task: the updates of one iteration report different names ({names[0]} and "
+            f"{next(n for n in names if n != names[0])}): every report() must return the same"
+        )
+    try:
+        return {k: np.stack([r[k] for r in reports]) for k in names[0]}  # type: ignore[index]
+    except ValueError as e:
+        raise RayflError(
+            f"client.task: the reports do not stack ({e}): keep shapes fixed"
+        ) from None
+
+
+def check_finite(t: int, candidate: np.ndarray, cfg: Any) -> None:
+    """Stops the run with one line if w_{t+1} holds NaN or inf (a diverging algorithm): the
+    results written so far stay in the run folder."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        sq = float(np.dot(candidate, candidate))  # one BLAS pass
+    if math.isfinite(sq) or np.isfinite(candidate).all():
+        return
+    raise RayflError(
+        f"iteration {t}: the model diverged (NaN or inf weights) with aggregation.lr="
+        f"{cfg.aggregation.lr} and aggregation.optimizer={cfg.aggregation.optimizer!r}: lower the "
+        "learning rates (aggregation.lr, client.local_lr) or clip the updates; the metrics up to "
+        "here are in the run folder"
+    )
 
 
 def update_rows(t: int, updates: Sequence[Update], weights: Sequence[float]) -> list[dict]:

@@ -35,7 +35,7 @@ from rayfl.errors import RayflError
 from rayfl.evaluation import Evaluator
 from rayfl.heap import HeapTrimmer
 from rayfl.models import build_model, get_flat, set_flat
-from rayfl.server.aggregate import Aggregate, aggregate, check_update, update_rows
+from rayfl.server.aggregate import Aggregate, aggregate, check_finite, check_update, update_rows
 from rayfl.server.clock import RealQueue, VirtualQueue
 from rayfl.server.scheduler import JobScheduler
 from rayfl.server.versions import VersionStore
@@ -85,7 +85,7 @@ class KAsyncServer:
         self.scheduler = JobScheduler(cfg, self.data, self.client_states)
         self.versions = VersionStore()
         if restore is None:
-            self.versions.put(0, self.w)
+            self.versions.put(0, self.w, self._broadcast())
         else:
             self._restore_state(restore)
         self.queue = self._make_queue()
@@ -128,14 +128,21 @@ class KAsyncServer:
         if cfg.clock.kind == "real":
             return RealQueue(
                 speed,
-                lambda job, delay: scheduler.submit_one(job, self.versions.ref(job.version), delay),
+                lambda job, delay: scheduler.submit_one(
+                    job,
+                    self.versions.ref(job.version),
+                    delay,
+                    self.versions.broadcast_ref(job.version),
+                ),
                 cfg.clock.time_scale,
                 discard=scheduler.discard,
             )
         lookahead = cfg.clock.lookahead or max(2 * cfg.aggregation.k, 4 * len(scheduler.workers))
         return VirtualQueue(
             speed,
-            lambda jobs: scheduler.submit_batch(jobs, self._compute_version, self.versions.ref),
+            lambda jobs: scheduler.submit_batch(
+                jobs, self._compute_version, self.versions.ref, self.versions.broadcast_ref
+            ),
             lookahead,
             discard=scheduler.discard,
             eager=cfg.aggregation.staleness == "true",
@@ -180,6 +187,7 @@ class KAsyncServer:
             # (write_checkpoint), instead of one big object of a different size each time,
             # which fragments the store so that it keeps taking fresh pages.
             "versions": self.versions.refs(held),
+            "broadcasts": self.versions.broadcasts(held),  # Rule.broadcast of each, if any
         }
 
     def _restore_state(self, state: dict[str, Any]) -> None:
@@ -209,8 +217,9 @@ class KAsyncServer:
         self.scheduler.wasted_jobs = c["wasted_jobs"]
         self.rejected, self.scheduler.pool.failures = dict(c["rejected"]), c["worker_failures"]
         self.jobs_dispatched = c["jobs_dispatched"]
+        broadcasts = state.get("broadcasts", {})
         for v, w in state["versions"].items():
-            self.versions.put(v, w)
+            self.versions.put(v, w, broadcasts.get(v))
         self._restored_now = state["now"]
 
     def _redispatch(self, job: tuple[float, int, int]) -> None:
@@ -284,7 +293,11 @@ class KAsyncServer:
             updates,
             self.w,
             self.cfg.aggregation.lr,
+            seed=self.cfg.seed,
+            num_clients=self.cfg.data.num_clients,
+            local_models=self._local_models(updates),
         )
+        check_finite(t, agg.candidate, self.cfg)
         self.updates_aggregated += len(updates)
         decision = self._control(t, len(updates), agg)  # --- judgement, remodel, adaptive K ---
         self._apply(agg, decision.keep_previous)
@@ -317,6 +330,7 @@ class KAsyncServer:
         updates: list[Update] = []
         rejected: dict[str, int] = {}
         wait_s = 0.0
+        self._bases: dict[int, Any] = {}
         while len(updates) < self.k:
             taken = self.queue.take(self.k - len(updates))
             if not taken:
@@ -326,6 +340,8 @@ class KAsyncServer:
             arrived = self.scheduler.resolve([handle for _, handle in taken])
             wait_s += time.perf_counter() - waited
             for job, _ in taken:
+                # the model each update started from, for rules that mix local models (FedAsync)
+                self._bases[job.version] = self.versions.ref(job.version)
                 self.versions.release(job.version, self.t)
             for u in arrived:
                 reason = check_update(u, self.w.shape, self.cfg.aggregation.max_update_norm)
@@ -371,7 +387,7 @@ class KAsyncServer:
     def _send_new_version(self, updates: list[Update], decision: Decision) -> None:
         """Puts w_{t+1} in the object store and starts the reporting and remodelled clients on
         it; applies the new K; frees w_t if no job is on it."""
-        self.versions.put(self.t, self.w)
+        self.versions.put(self.t, self.w, self._broadcast())
         for u in updates:
             self._dispatch(u.client_id, self.t)
         for client_id in decision.resend:
@@ -404,6 +420,22 @@ class KAsyncServer:
             **agg.step.metrics,
             **decision.metrics,
         }
+
+    def _broadcast(self) -> dict[str, Any] | None:
+        """What the rules send to the clients with the current model (Rule.broadcast)."""
+        return None if self.rule.broadcast is None else self.rule.broadcast(self.rule_state)
+
+    def _local_models(self, updates: list[Update]) -> Any:
+        """Step.local_models: w_{v_i} - client.local_lr * u_i, each update's local model, made
+        only if a rule or the optimizer asks (FedAsync). With ``staleness: nominal`` v_i is the
+        job's nominal version."""
+        bases, lr = dict(self._bases), np.float32(self.cfg.client.local_lr)
+
+        def make() -> np.ndarray:
+            start = ray.get([bases[u.version] for u in updates])
+            return np.stack([w - lr * u.vector for w, u in zip(start, updates, strict=True)])
+
+        return make
 
     # --- evaluation and state -----------------------------------------------------------------
 

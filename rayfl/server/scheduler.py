@@ -46,6 +46,7 @@ class BatchCall:
     jobs: list[tuple[Job, int]]  # (job, slot in weights)
     weights: list[Any]
     states: dict[int, bytes] = dataclasses.field(default_factory=dict)  # client -> packed state
+    servers: list[Any] = dataclasses.field(default_factory=list)  # broadcast refs, one per slot
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +57,7 @@ class OneCall:
     weights: Any
     delay_s: float
     state: bytes | None = None  # the client's packed state, if it has one
+    server: Any = None  # the ObjectRef of the rules' broadcast with the weights, if any
 
 
 @dataclasses.dataclass
@@ -107,15 +109,22 @@ class JobScheduler:
 
     # --- submitting ---------------------------------------------------------------------------
 
-    def submit_one(self, job: Job, weights: Any, delay_s: float) -> Handle:
-        """Real clock: one actor call per job."""
-        call = OneCall(job, weights, delay_s, self.states.blob(job.client_id))
+    def submit_one(self, job: Job, weights: Any, delay_s: float, server: Any = None) -> Handle:
+        """Real clock: one actor call per job (``server``: the broadcast's ObjectRef, if any)."""
+        call = OneCall(job, weights, delay_s, self.states.blob(job.client_id), server)
         return (self._send(call, self._least_busy()), 0)
 
-    def submit_batch(self, jobs: list[Job], version_of: Callable[[Job], int], refs: Any) -> list:
+    def submit_batch(
+        self,
+        jobs: list[Job],
+        version_of: Callable[[Job], int],
+        refs: Any,
+        server_refs: Callable[[int], Any] = lambda version: None,
+    ) -> list:
         """Virtual clock: jobs (in finish order) go out in a few batches, one per busy worker.
 
-        ``version_of(job)`` is the version it computes on, ``refs(version)`` its ObjectRef.
+        ``version_of(job)`` is the version it computes on, ``refs(version)`` its ObjectRef,
+        ``server_refs(version)`` the ObjectRef of the rules' broadcast with it (None: none).
         """
         size = max(1, min(MAX_BATCH, math.ceil(len(jobs) / len(self.workers))))
         handles: list[Handle] = []
@@ -123,10 +132,12 @@ class JobScheduler:
             part = jobs[start : start + size]
             versions = sorted({version_of(j) for j in part})
             slot = {v: n for n, v in enumerate(versions)}
+            servers = [server_refs(v) for v in versions]
             call = BatchCall(
                 [(j, slot[version_of(j)]) for j in part],
                 [refs(v) for v in versions],
                 self.states.blobs(j.client_id for j in part),
+                servers if any(r is not None for r in servers) else [],
             )
             ref = self._send(call, self._least_busy())
             handles += [(ref, n) for n in range(len(part))]
@@ -141,11 +152,14 @@ class JobScheduler:
         worker = self.workers[i]
         # States only when some client has one: a task without state sends nothing more.
         if isinstance(call, OneCall):
-            state = () if call.state is None else (call.state,)
-            new = worker.compute.remote(call.job, call.weights, call.delay_s, *state)
+            extra = {"server": call.server} if call.server is not None else {}
+            state = () if call.state is None and not extra else (call.state,)
+            new = worker.compute.remote(call.job, call.weights, call.delay_s, *state, **extra)
         else:
-            states = {"states": call.states} if call.states else {}
-            new = worker.compute_batch.remote(call.jobs, *call.weights, **states)
+            kwargs: dict[str, Any] = {"states": call.states} if call.states else {}
+            if call.servers:  # refs must be top-level arguments for Ray to resolve them
+                kwargs["servers"] = len(call.servers)
+            new = worker.compute_batch.remote(call.jobs, *call.weights, *call.servers, **kwargs)
         if batch is None:
             batch = Batch(
                 call,

@@ -365,14 +365,29 @@ def test_stage_order_is_checked(spec, message):
 # --- contract: every registered rule -------------------------------------------------------------
 
 
-def random_step(seed: int, iteration: int) -> Step:
+def random_step(seed: int, iteration: int, name: str = "") -> Step:
+    """A step for any shipped rule: the engines' context (N, the seed, SCAFFOLD's reports) and,
+    for ``dp_noise``, what it requires of the rules before it (clipped updates, weights 1/K)."""
     rng = np.random.default_rng([seed, iteration])
     k, p = 5, 7
     updates = rng.normal(size=(k, p)).astype(np.float32)
     updates[0] *= 500.0  # one large update so that the clips trigger
+    if name == "dp_noise":  # dp_clip's output: norms <= clip_norm (1)
+        updates /= np.maximum(1.0, np.linalg.norm(updates, axis=1, keepdims=True) * 1.001)
     staleness = rng.integers(0, 30, size=k)
     prev = rng.normal(size=p).astype(np.float32)
-    return start_step(iteration, updates, staleness, rng.uniform(0, 3, size=k), 0.005, prev)
+    delta_c = rng.normal(size=(k, p)).astype(np.float32)
+    return start_step(
+        iteration,
+        updates,
+        staleness,
+        rng.uniform(0, 3, size=k),
+        0.005,
+        prev,
+        reports={"delta_c": delta_c},
+        seed=seed,
+        num_clients=50,
+    )
 
 
 def frozen_copy(step: Step) -> Step:
@@ -392,7 +407,11 @@ def frozen_copy(step: Step) -> Step:
 def assert_steps_equal(a: Step, b: Step) -> None:
     for f in dataclasses.fields(a):
         x, y = getattr(a, f.name), getattr(b, f.name)
-        if isinstance(x, np.ndarray) or isinstance(y, np.ndarray):
+        if f.name == "reports":
+            assert sorted(x) == sorted(y)
+            for key in x:
+                np.testing.assert_array_equal(x[key], y[key], err_msg=key)
+        elif isinstance(x, np.ndarray) or isinstance(y, np.ndarray):
             np.testing.assert_array_equal(x, y, err_msg=f.name)
         else:
             assert x == y, f.name
@@ -402,7 +421,7 @@ def assert_steps_equal(a: Step, b: Step) -> None:
 @pytest.mark.parametrize("name", sorted(RULES))
 def test_rule_contract(name, iteration):
     rule = RULES[name]()
-    step = random_step(seed=7, iteration=iteration)
+    step = random_step(seed=7, iteration=iteration, name=name)
     frozen = frozen_copy(step)
 
     state = rule.init(params_of(step))
@@ -434,8 +453,8 @@ def test_rule_contract(name, iteration):
 
 @pytest.mark.parametrize("name", sorted(RULES))
 def test_rule_is_picked_by_build_rules(name):
-    out = run(build_rules([{name: None}]), random_step(seed=3, iteration=2000))
-    expected = run(RULES[name](), random_step(seed=3, iteration=2000))
+    out = run(build_rules([{name: None}]), random_step(seed=3, iteration=2000, name=name))
+    expected = run(RULES[name](), random_step(seed=3, iteration=2000, name=name))
     # the chain ends by setting g_t (the weighted sum if no rule did), for commits and the optimizer
     expected = dataclasses.replace(expected, direction=final_direction(expected))
     assert_steps_equal(out, expected)
