@@ -155,11 +155,13 @@ class ClientConfig:
     """Keyword arguments of client.task's factory, checked against its signature."""
 
     def __post_init__(self) -> None:
-        from rayfl.clients.shipped import TASKS  # torch-free: the tasks are built in the workers
+        # torch-free: the tasks are built in the workers
+        from rayfl.clients.shipped import TASKS, check_task_params
         from rayfl.registry import check_params, resolve
 
         factory = resolve("client.task", self.task, TASKS, "client task")
         check_params("client.task_params", factory, self.task_params)
+        check_task_params(self.task, self.task_params)
         _positive("client.batch_size", self.batch_size)
         _positive("client.local_steps", self.local_steps)
         _positive("client.local_lr", self.local_lr)
@@ -221,6 +223,10 @@ class ClockConfig:
     """real clock: seconds of injected delay per virtual time unit (0 = no injected delay)."""
     lookahead: int | None = None
     """virtual clock: jobs computed ahead of aggregation; null = max(2K, 4 x workers)."""
+    concurrency: int | None = None
+    """Most clients training at once, C (FedBuff's concurrency, cross-device FL): when an update
+    is taken the next client is drawn uniformly (seeded) from the idle ones. null = every client
+    always trains (the AKAFL-RJ model). K-async engine, both clocks; aggregation.k <= C <= N."""
 
     def __post_init__(self) -> None:
         _positive("clock.speed_low", self.speed_low)
@@ -245,6 +251,8 @@ class ClockConfig:
             raise ConfigError(f"clock.time_scale={self.time_scale} is negative: use 0 or more")
         if self.lookahead is not None:
             _positive("clock.lookahead", self.lookahead)
+        if self.concurrency is not None:
+            _positive("clock.concurrency", self.concurrency)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -476,6 +484,7 @@ class ExperimentConfig:
                 f"tracking={list(self.tracking)} names a tracker twice: list each once"
             )
         _check_privacy(self)
+        _check_scaffold(self)
         if self.mode == "sync":
             _check_sync(self)
         elif self.aggregation.k > self.data.num_clients:
@@ -483,6 +492,8 @@ class ExperimentConfig:
                 f"aggregation.k={self.aggregation.k} exceeds data.num_clients="
                 f"{self.data.num_clients}: lower aggregation.k or add clients"
             )
+        else:
+            _check_concurrency(self)
 
     def to_dict(self) -> dict[str, Any]:
         """A plain, YAML-safe dict (tuples become lists) that ``from_dict`` reads back."""
@@ -507,6 +518,39 @@ def _sync_defaults(raw: Mapping[str, Any]) -> Mapping[str, Any]:
         agg["rules"] = fedavg()
     agg.setdefault("lr", 1.0)
     return {**raw, "aggregation": agg}
+
+
+def _check_concurrency(cfg: ExperimentConfig) -> None:
+    """K <= C <= N: an iteration waits for K updates of the C clients in training."""
+    c, k, n = cfg.clock.concurrency, cfg.aggregation.k, cfg.data.num_clients
+    if c is None:
+        return
+    if c < k:
+        raise ConfigError(
+            f"clock.concurrency={c} is below aggregation.k={k}: an iteration waits for K updates "
+            f"of the clients in training, use concurrency >= {k}"
+        )
+    if c > n:
+        raise ConfigError(
+            f"clock.concurrency={c} exceeds data.num_clients={n}: use at most {n}, or null for "
+            "every client"
+        )
+    if cfg.aggregation.control:
+        raise ConfigError(
+            "clock.concurrency with aggregation.control: adaptive K, remodel and judgement "
+            "assume every client always trains; use one or the other"
+        )
+
+
+def _check_scaffold(cfg: ExperimentConfig) -> None:
+    """The scaffold task reads the server's control variate c, which the scaffold rule keeps."""
+    from rayfl.aggregation import rule_names
+
+    if cfg.client.task == "scaffold" and "scaffold" not in rule_names(cfg.aggregation.rules):
+        raise ConfigError(
+            "client.task=scaffold needs the scaffold rule in aggregation.rules (it keeps and "
+            "sends the server's control variate): e.g. rules: [scaffold, weighted_sum, constant_lr]"
+        )
 
 
 def _check_privacy(cfg: ExperimentConfig) -> None:

@@ -36,7 +36,23 @@ def fedprox(mu: float = 0.01) -> Any:
     (:class:`rayfl.clients.baselines.FedProx`)."""
     from rayfl.clients.baselines import FedProx
 
-    return FedProx(mu)
+    return FedProx(check_fedprox(mu))
+
+
+def check_fedprox(mu: float) -> float:
+    """FedProx's mu, checked where the config is read (torch-free) and again in each worker."""
+    from rayfl.validation import check_real
+
+    return check_real(
+        f"{TASK_PARAMS_FIELD}.mu", mu, low=0.0, fix="use a proximal coefficient >= 0, e.g. 0.01"
+    )
+
+
+def check_task_params(name: str, params: Mapping[str, Any]) -> None:
+    """The values of a shipped task's parameters (their names are checked by the registry), so
+    that a bad one fails when the config is read, not in a worker."""
+    if name == "fedprox" and "mu" in params:
+        check_fedprox(params["mu"])
 
 
 def scaffold() -> Any:

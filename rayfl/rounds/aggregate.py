@@ -54,6 +54,7 @@ class RoundAggregator:
         self.rule_state = init_rule_state(rules, w)
         self.optimizer = build_optimizer(cfg.aggregation.optimizer)
         self.optimizer_state = checkpointable("aggregation.optimizer", self.optimizer.init(w))
+        self.last_metrics: dict[str, float] = {}  # the last round's agg/* and dp/* metrics
 
     def broadcast(self) -> dict[str, np.ndarray] | None:
         """What the rules send to the clients with w(t) (Rule.broadcast), or None."""
@@ -90,7 +91,15 @@ class RoundAggregator:
         new = np.asarray(new)
         check_finite(t, new, self.cfg)
         self.rule_state = self.rule.commit(step, rule_state, new)
-        return new, {k: float(v) for k, v in step.metrics.items() if k.startswith(("agg/", "dp/"))}
+        self.last_metrics = {
+            k: float(v) for k, v in step.metrics.items() if k.startswith(("agg/", "dp/"))
+        }
+        return new, self.last_metrics
+
+    def privacy(self) -> dict[str, float]:
+        """The privacy spent so far, from the last round's ``dp/*`` metrics (DP-FedAvg's
+        ``dp_noise``): {"epsilon", "delta", "noise_std"}; empty without one."""
+        return {k[3:]: v for k, v in self.last_metrics.items() if k.startswith("dp/")}
 
     def checkpoint(self) -> dict[str, Any]:
         return {"rule_state": self.rule_state, "optimizer_state": self.optimizer_state}

@@ -109,6 +109,9 @@ class RoundsEngine:
             out["num_parameters"] = int(self.server.w.size)
         if self.server is not None:
             out["worker_failures"] = self.server.pool.failures
+            spent = self.server.aggregator.privacy()
+            if spent:
+                out["privacy"] = spent
         return out
 
     def postfix(self, last: dict[str, Any], last_eval: dict[str, Any] | None) -> dict[str, Any]:

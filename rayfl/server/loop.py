@@ -37,6 +37,7 @@ from rayfl.heap import HeapTrimmer
 from rayfl.models import build_model, get_flat, set_flat
 from rayfl.server.aggregate import Aggregate, aggregate, check_finite, check_update, update_rows
 from rayfl.server.clock import RealQueue, VirtualQueue
+from rayfl.server.sampling import IdleClientSampler
 from rayfl.server.scheduler import JobScheduler
 from rayfl.server.versions import VersionStore
 from rayfl.speed import SpeedModel
@@ -91,8 +92,18 @@ class KAsyncServer:
         self.queue = self._make_queue()
         self.started_at = time.perf_counter()
         self.updates_aggregated = 0
+        concurrency = cfg.clock.concurrency
+        self.sampler = (
+            None
+            if concurrency is None
+            else IdleClientSampler(cfg.data.num_clients, concurrency, cfg.seed)
+        )
         if restore is None:
-            for client_id in range(cfg.data.num_clients):  # every client starts on w_0
+            # every client starts on w_0, or C of them with bounded concurrency
+            starting = (
+                range(cfg.data.num_clients) if self.sampler is None else self.sampler.initial()
+            )
+            for client_id in starting:
                 self._dispatch(client_id, 0)
         else:
             self.updates_aggregated = restore["updates_aggregated"]
@@ -388,8 +399,12 @@ class KAsyncServer:
         """Puts w_{t+1} in the object store and starts the reporting and remodelled clients on
         it; applies the new K; frees w_t if no job is on it."""
         self.versions.put(self.t, self.w, self._broadcast())
-        for u in updates:
-            self._dispatch(u.client_id, self.t)
+        if self.sampler is None:
+            starting = [u.client_id for u in updates]  # every client always trains
+        else:  # bounded concurrency: as many idle clients as updates were taken start
+            starting = self.sampler.next(self.t, len(updates), self.queue.current)
+        for client_id in starting:
+            self._dispatch(client_id, self.t)
         for client_id in decision.resend:
             old = self.queue.drop(client_id)
             if old is not None:
