@@ -51,6 +51,10 @@ class DataConfig:
     """Folder for torchvision data sets; null uses the bundled MNIST."""
     download: bool = False
     """Download the data set into data_dir if it is not there."""
+    normalize: Literal["standard", "unit"] = "standard"
+    """How the default client task scales image pixels: standard ((x / 255 - mean) / std per
+    channel, the data set's constants) | unit (x / 255). The AKAFL-RJ spec does not fix it; the
+    WKAFL code and many FL papers feed MNIST as x / 255 (docs/reproduction.md)."""
     partition: str = "paper"
     """iid | dirichlet | shards | paper (AKAFL-RJ spec section 7) | flwr:<Flower Datasets
     partitioner> (rayfl/data/flower.py) | an import path 'my_pkg.parts:split' to

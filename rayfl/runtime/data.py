@@ -83,8 +83,20 @@ def load_data(cfg: ExperimentConfig) -> tuple[Dataset, Partition]:
     return ds, _partition(cfg, ds.y_train, ds.columns)
 
 
-def put_data(ds: Dataset, part: Partition) -> SharedData:
+def input_scaling(
+    normalize: str, mean: tuple[float, ...], std: tuple[float, ...]
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The (mean, std) the default batch transform uses for ``data.normalize``: ``standard``
+    keeps the data set's per-channel constants ((x / 255 - mean) / std), ``unit`` gives
+    x / 255 (mean 0, std 1: the scale of the WKAFL code and of many FL papers' MNIST)."""
+    if normalize == "unit":
+        return tuple(0.0 for _ in mean), tuple(1.0 for _ in std)
+    return mean, std
+
+
+def put_data(ds: Dataset, part: Partition, normalize: str = "standard") -> SharedData:
     """Puts the arrays in the object store once; every worker on a node maps the same copy."""
+    mean, std = input_scaling(normalize, tuple(ds.mean), tuple(ds.std))
     return SharedData(
         x_train=ray.put(ds.x_train),
         y_train=ray.put(ds.y_train),
@@ -94,8 +106,8 @@ def put_data(ds: Dataset, part: Partition) -> SharedData:
         offsets=ray.put(part.offsets),
         input_shape=ds.input_shape,
         num_classes=ds.num_classes,
-        mean=tuple(ds.mean),
-        std=tuple(ds.std),
+        mean=mean,
+        std=std,
     )
 
 
@@ -118,11 +130,15 @@ def run_data(
     return None, _partition(cfg, dataset.labels, dataset.columns)
 
 
-def put_run_data(ds: Dataset | None, part: Partition, dataset: DatasetRefs | None) -> SharedData:
-    """:func:`put_data`, or only the partition when ``dataset`` already shares the arrays."""
+def put_run_data(
+    ds: Dataset | None, part: Partition, dataset: DatasetRefs | None, normalize: str = "standard"
+) -> SharedData:
+    """:func:`put_data`, or only the partition when ``dataset`` already shares the arrays;
+    ``normalize`` is ``data.normalize`` (:func:`input_scaling`)."""
     if dataset is None:
         assert ds is not None
-        return put_data(ds, part)
+        return put_data(ds, part, normalize)
+    mean, std = input_scaling(normalize, dataset.mean, dataset.std)
     return SharedData(
         x_train=dataset.x_train,
         y_train=dataset.y_train,
@@ -132,6 +148,6 @@ def put_run_data(ds: Dataset | None, part: Partition, dataset: DatasetRefs | Non
         offsets=ray.put(part.offsets),
         input_shape=dataset.input_shape,
         num_classes=dataset.num_classes,
-        mean=dataset.mean,
-        std=dataset.std,
+        mean=mean,
+        std=std,
     )
