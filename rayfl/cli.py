@@ -4,6 +4,7 @@
     rayfl run --resume RUN_DIR [--set iterations=N]
     rayfl tune SEARCH_YAML [--set ...] [--address ADDR] [--resume]
     rayfl reproduce akafl|incentive [--quick] [--seeds N] [--output DIR] [--address ADDR]
+    rayfl reproduce incentive --ablation [--quick] [--seeds N]
     rayfl cluster check [PRESET_OR_YAML] [--address ADDR]
     rayfl presets
     rayfl plot RUN_DIR [--out DIR]
@@ -122,6 +123,12 @@ def _add_reproduce(sub: Any) -> None:
         "--only",
         metavar="GROUPS",
         help="akafl: only these groups of arms, comma-separated (paper, stragglers, stale, k)",
+    )
+    rp.add_argument(
+        "--ablation",
+        action="store_true",
+        help="incentive: the mechanism's ablation (random, pow-d, bids only, + bargaining, "
+        "+ additional selection, + carry-over) instead of experiments A and B",
     )
     rp.add_argument("--output", "-o", help="output folder (default: reproduce/<name>-<timestamp>)")
     rp.add_argument("--address", help="Ray cluster address to connect to")
@@ -379,12 +386,17 @@ def _reproduce(args: argparse.Namespace) -> int:
     if args.iterations is not None and args.iterations < 1:
         raise RayflError(f"--iterations={args.iterations} is below 1: use 1 or more")
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    out = Path(args.output or f"reproduce/{args.name}{'-quick' if args.quick else ''}-{stamp}")
+    label = f"{args.name}{'-ablation' if args.ablation else ''}{'-quick' if args.quick else ''}"
+    out = Path(args.output or f"reproduce/{label}-{stamp}")
     extra: dict[str, Any] = {}
     if args.only is not None:
         if args.name != "akafl":
             raise RayflError(f"--only is for `rayfl reproduce akafl`, not {args.name}: drop it")
         extra["only"] = [g.strip() for g in args.only.split(",") if g.strip()]
+    if args.ablation:
+        if args.name != "incentive":
+            raise RayflError(f"--ablation is for `rayfl reproduce incentive`, not {args.name}")
+        extra["ablation"] = True
     try:
         table = fn(
             out,

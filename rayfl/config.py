@@ -401,6 +401,18 @@ class IncentiveConfig:
     """Server communication cost per selected client (section 8, reporting only)."""
     gain_scale: float = 100.0
     """lambda: server gain per unit of accuracy gained (section 8, reporting only)."""
+    bargaining: bool = True
+    """Section 5 on (default): each selected bidder bargains its price by alternating offers.
+    false (ablation): it is paid its bid R_{i,S} as is, with no offers exchanged: the bid is the
+    least it accepts (its utility is then at its disagreement point), so paying it is the
+    server's best price, and the whole surplus cap - bid stays in the pool."""
+    additional_selection: bool = True
+    """Section 6 on (default): slots left open after bargaining are offered again, under the
+    pooled leftover, to the clients not yet selected. false (ablation): one pass only; a round
+    may then train fewer than M clients (bargains that broke down)."""
+    carry_over: bool = True
+    """On (default): the round's unspent budget is carried over, R(t + 1) = R_S + r(t). false
+    (ablation): it is dropped, r(t) = 0, and every round's budget is R_S."""
 
     def __post_init__(self) -> None:
         from rayfl.selection import BargainParams, BidParams
@@ -414,6 +426,12 @@ class IncentiveConfig:
         BidParams(1, self.c_comp, self.c_comm)
         if self.c_s < 0:
             raise ConfigError(f"incentive.c_s={self.c_s} is negative: use a cost >= 0, e.g. 0.05")
+
+    def mechanism(self) -> Any:
+        """Which parts of the mechanism run (a ``MechanismParts``; the ablation's switches)."""
+        from rayfl.selection.selectors import MechanismParts
+
+        return MechanismParts(self.bargaining, self.additional_selection, self.carry_over)
 
     def population(self) -> Any:
         """The clients' private-parameter distributions (a ``PopulationParams``)."""

@@ -14,6 +14,9 @@
 Writes ``incentive.md`` (the main table, returned), ``experiment_a.md``, ``experiment_b.md``,
 ``experiment_a_runs.csv``, ``experiment_a.png``, ``experiment_b.png`` and the run folders under
 ``runs/``. ``--quick``: 6 rounds, 2 seeds, 20 repetitions (a couple of minutes; CI).
+
+``--ablation`` runs the mechanism's ablation instead (issue 15; random, pow-d and the incentive
+mechanism with its parts switched off one by one): :mod:`rayfl.reproduce.incentive_ablation`.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -49,9 +52,29 @@ def reproduce(
     address: str | None,
     progress: bool | None,
     iterations: int | None = None,
+    ablation: bool = False,
 ) -> Path:
     """Runs experiments A and B into ``output`` and returns the path of ``incentive.md``;
-    ``iterations`` sets experiment A's number of rounds (default 60, quick 6)."""
+    ``iterations`` sets experiment A's number of rounds (default 60, quick 6). ``ablation``: the
+    mechanism's ablation instead (:mod:`rayfl.reproduce.incentive_ablation`, ``ablation.md``)."""
+    how = {"quick": quick, "seeds": seeds, "address": address, "progress": progress}
+    if ablation:
+        from rayfl.reproduce.incentive_ablation import reproduce_ablation
+
+        return reproduce_ablation(output, iterations=iterations, **how)
+    return _experiments_a_and_b(output, iterations=iterations, **how)
+
+
+def _experiments_a_and_b(
+    output: Path,
+    *,
+    quick: bool,
+    seeds: int | None,
+    address: str | None,
+    progress: bool | None,
+    iterations: int | None,
+) -> Path:
+    """:func:`reproduce` without ``ablation``."""
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     n_seeds = seeds if seeds is not None else (2 if quick else 15)
@@ -98,10 +121,15 @@ def reproduce(
 
 
 def _experiment_a_on_ray(
-    output: Path, n_seeds: int, rounds: int, address: str | None, progress: bool | None
+    output: Path,
+    n_seeds: int,
+    rounds: int,
+    address: str | None,
+    progress: bool | None,
+    arms: Sequence[Arm] | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, float]]:
-    """Experiment A's runs (under ``output / "runs"``) and the Ray cluster's resources; Ray is
-    started if none runs at ``address``, and then shut down again."""
+    """Experiment A's runs, or those of ``arms`` (under ``output / "runs"``), and the Ray
+    cluster's resources; Ray is started if none runs at ``address``, and then shut down again."""
     from rayfl.runtime.session import ensure_ray
 
     started_ray = ensure_ray(address)
@@ -109,7 +137,10 @@ def _experiment_a_on_ray(
         import ray
 
         resources = ray.cluster_resources()
-        runs = run_experiment_a(output / "runs", n_seeds, rounds, progress=progress)
+        if arms is None:
+            runs = run_experiment_a(output / "runs", n_seeds, rounds, progress=progress)
+        else:
+            runs = run_arms(output / "runs", arms, n_seeds, rounds, progress=progress)
     finally:
         if started_ray:
             import ray
@@ -159,20 +190,34 @@ def _report(
 # --- experiment A ------------------------------------------------------------------------------
 
 
+class Arm(NamedTuple):
+    """One configuration of a comparison: a preset with overrides, named for the tables."""
+
+    name: str  # the tables' label and the run folders' prefix
+    preset: str
+    overrides: tuple[str, ...] = ()  # ``--set`` style ``key.path=value``
+
+
 def _one_run(
-    preset: str, seed: int, rounds: int, run_dir: str, dataset: Any, num_workers: int
+    arm: Arm, seed: int, rounds: int, run_dir: str, dataset: Any, num_workers: int
 ) -> dict[str, Any]:
-    """One experiment-A run (inside a Ray task): the round driver, then its headline numbers."""
+    """One run of an arm (inside a Ray task): the round driver, then its headline numbers."""
     from rayfl.api import run
 
     cfg = load_config(
-        preset,
-        [f"seed={seed}", f"iterations={rounds}", f"client.num_workers={num_workers}"],
+        arm.preset,
+        [
+            *arm.overrides,
+            f"seed={seed}",
+            f"iterations={rounds}",
+            f"client.num_workers={num_workers}",
+        ],
     )
     res = run(cfg, output=run_dir, progress=False, dataset=dataset)
     metrics = res.metrics.to_pandas()
     acc = metrics["eval/accuracy"].to_numpy(dtype=float)
     return {
+        "arm": arm.name,
         "selector": cfg.selection.kind,
         "seed": seed,
         "t75": rounds_to(acc),
@@ -182,6 +227,25 @@ def _one_run(
         "rounds_skipped": res.summary.get("rounds_skipped"),
         "wall_s": res.summary.get("driver_wall_s"),
         "run_dir": str(res.run_dir),
+        **per_round_means(metrics),
+    }
+
+
+def per_round_means(metrics: Any) -> dict[str, float]:
+    """Means over a run's rounds (a metrics.parquet frame): clients trained, and the incentive
+    budget R(t), what was paid, what was not (R(t) - payments: carried over, or dropped without
+    carry-over) and what was carried. NaN where the selector has no budget (random, pow-d)."""
+
+    def mean(column: str) -> float:
+        return float(metrics[column].mean()) if column in metrics else math.nan
+
+    budget, paid = mean("incentive/budget"), mean("incentive/payments")
+    return {
+        "clients_per_round": mean("agg/k"),
+        "budget_per_round": budget,
+        "paid_per_round": paid,
+        "unspent_per_round": budget - paid,
+        "carried_per_round": mean("incentive/carried"),
     }
 
 
@@ -193,7 +257,22 @@ def run_experiment_a(
     selectors: Sequence[str] = SELECTORS,
     progress: bool | None = None,
 ) -> list[dict[str, Any]]:
-    """Every (selector, seed) run, ``floor(cluster CPUs / client.num_cpus)`` at a time.
+    """Experiment A: every (selector, seed) run, each selector's preset as it ships."""
+    arms = [Arm(s, s) for s in selectors]
+    return run_arms(root, arms, seeds, rounds, progress=progress, desc="experiment A")
+
+
+def run_arms(
+    root: Path,
+    arms: Sequence[Arm],
+    seeds: int,
+    rounds: int,
+    *,
+    progress: bool | None = None,
+    desc: str = "runs",
+) -> list[dict[str, Any]]:
+    """Every (arm, seed) run under ``root``, ``floor(cluster CPUs / client.num_cpus)`` at a time,
+    sorted by arm then seed.
 
     Each run is a Ray task (0 CPUs: it only drives) whose single client worker holds the CPU (or
     GPU fraction) of ``client.num_cpus`` / ``client.num_gpus``; MNIST is put in the object store
@@ -204,35 +283,35 @@ def run_experiment_a(
 
     from rayfl.runtime.data import share_dataset
 
-    base = load_config(selectors[0])
+    base = load_config(arms[0].preset, list(arms[0].overrides))
     dataset = share_dataset(base)
     resources = ray.cluster_resources()
     slots = max(1, math.floor(resources.get("CPU", 1.0) / max(base.client.num_cpus, 1e-9)))
     if base.client.num_gpus > 0:
         slots = min(slots, math.floor(resources.get("GPU", 0.0) / base.client.num_gpus))
     task = ray.remote(num_cpus=0)(_one_run)
-    todo = [(s, seed) for seed in range(seeds) for s in selectors]
-    pending: dict[Any, tuple[str, int]] = {}
+    todo = [(a, seed) for seed in range(seeds) for a in arms]
+    pending: dict[Any, tuple[Arm, int]] = {}
     results: list[dict[str, Any]] = []
     bar = tqdm(
         total=len(todo),
-        desc="experiment A",
+        desc=desc,
         unit="run",
         disable=not (progress if progress is not None else os.isatty(2)),
     )
     while todo or pending:
         while todo and len(pending) < max(1, slots):
-            s, seed = todo.pop(0)
-            ref = task.remote(s, seed, rounds, str(root / f"{s}-seed{seed}"), dataset, 1)
-            pending[ref] = (s, seed)
+            arm, seed = todo.pop(0)
+            ref = task.remote(arm, seed, rounds, str(root / f"{arm.name}-seed{seed}"), dataset, 1)
+            pending[ref] = (arm, seed)
         done, _ = ray.wait(list(pending), num_returns=1)
         for ref in done:
             pending.pop(ref)
             results.append(ray.get(ref))
             bar.update(1)
     bar.close()
-    order = {s: i for i, s in enumerate(selectors)}
-    return sorted(results, key=lambda r: (order[r["selector"]], r["seed"]))
+    order = {a.name: i for i, a in enumerate(arms)}
+    return sorted(results, key=lambda r: (order[r["arm"]], r["seed"]))
 
 
 def _mean_std(values: Sequence[float]) -> str:
@@ -294,19 +373,23 @@ def plot_experiment_a(runs: Sequence[dict[str, Any]], path: Path) -> Path:
     return path
 
 
-def _write_runs_csv(path: Path, runs: Sequence[dict[str, Any]]) -> None:
+_RUN_KEYS_A = (
+    "selector",
+    "seed",
+    "t75",
+    "final_accuracy",
+    "total_payments",
+    "rounds_skipped",
+    "wall_s",
+    "run_dir",
+)
+
+
+def _write_runs_csv(
+    path: Path, runs: Sequence[dict[str, Any]], keys: Sequence[str] = _RUN_KEYS_A
+) -> None:
     import csv
 
-    keys = [
-        "selector",
-        "seed",
-        "t75",
-        "final_accuracy",
-        "total_payments",
-        "rounds_skipped",
-        "wall_s",
-        "run_dir",
-    ]
     with path.open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
         w.writeheader()

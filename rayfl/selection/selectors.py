@@ -194,6 +194,26 @@ def _reported_losses(reports: Sequence[Any], candidates: np.ndarray) -> np.ndarr
 # --- the incentive round ---------------------------------------------------------------------------
 
 
+class MechanismParts(NamedTuple):
+    """Which parts of the incentive round run; all on is the spec's mechanism.
+
+    The switches exist for the ablation (issue 15): they take parts away from the full mechanism
+    (``incentive.bargaining``, ``incentive.additional_selection``, ``incentive.carry_over``;
+    :meth:`~rayfl.config.IncentiveConfig.mechanism`).
+    """
+
+    bargaining: bool = True
+    """Section 5; off: a selected bidder is paid its bid R_{i,S}, no offers exchanged."""
+    additional_selection: bool = True
+    """Section 6; off: only the first pass selects, open slots stay open."""
+    carry_over: bool = True
+    """r(t) = what is unspent; off: r(t) = 0, the unspent budget is dropped."""
+
+
+FULL_MECHANISM = MechanismParts()
+"""Every part on: the spec's incentive round (and the default)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class IncentiveRound:
     """The server's record of one incentive round: only what the server itself knows.
@@ -318,6 +338,10 @@ class _Bargains(NamedTuple):
     agreed: np.ndarray  # bool
 
 
+Pricing = Callable[[np.ndarray, np.ndarray, float], _Bargains]
+"""(chosen ids, their bids, the pass's cap) -> the outcome of pricing them (:func:`_pricing`)."""
+
+
 def _bargain_with(
     ids: np.ndarray,
     bids: np.ndarray,
@@ -436,6 +460,7 @@ def select_incentive(
     rng: np.random.Generator,
     *,
     max_window: int | None = None,
+    parts: MechanismParts = FULL_MECHANISM,
 ) -> IncentiveRound:
     """One round of the incentive mechanism (spec sections 2, 4, 5 and 6), server side.
 
@@ -467,6 +492,8 @@ def select_incentive(
         rng: the round's generator, for the tie-breaks.
         max_window: at most this many offers per client in one ``replies_fn`` call (default:
             no limit; 1 is the strict one-step-at-a-time exchange). The outcome is the same.
+        parts: the steps that run (default: all). The ablation switches off 3 (each chosen
+            bidder is paid its bid, 0 steps), 4 (the first pass only) or 5 (r(t) = 0).
 
     Raises:
         ConfigError: per_round_budget <= 0 (``incentive.budget``) or K outside (0, 1].
@@ -476,10 +503,31 @@ def select_incentive(
     params = params_from(bargain_params)
     ids = _client_ids(available)
     m = num_selected(k_fraction, ids.size)
-    passes, carried = _selection_passes(
-        ids, budget, m, bids_fn, replies_fn, params, rng, max_window
+    passes, unspent = _selection_passes(
+        ids, budget, m, bids_fn, _pricing(parts, params, replies_fn, max_window), rng, parts
     )
+    carried = unspent if parts.carry_over else 0.0  # off: the unspent budget is dropped
     return _round_record(passes, budget, m, carried, params.delta_s)
+
+
+def _pricing(
+    parts: MechanismParts,
+    params: BargainParams,
+    replies_fn: RepliesFn,
+    max_window: int | None,
+) -> Pricing:
+    """How a pass prices its chosen bidders: section 5's bargaining, or (ablation) their bids."""
+    if parts.bargaining:
+        return lambda ids, bids, cap: _bargain_with(ids, bids, cap, params, replies_fn, max_window)
+    return lambda ids, bids, cap: _paid_as_bid(bids)
+
+
+def _paid_as_bid(bids: np.ndarray) -> _Bargains:
+    """No bargaining (ablation): every chosen bidder agrees at step 0 to be paid its own bid.
+
+    The bid R_{i,S} is the least the client accepts (its utility is at its disagreement point
+    there), so it takes the price without an offer; the server keeps the whole surplus."""
+    return _Bargains(bids.copy(), np.zeros(bids.size, dtype=np.int64), np.ones(bids.size, bool))
 
 
 def _round_budget(per_round_budget: float, budget_carry: float) -> float:
@@ -538,12 +586,12 @@ def _selection_passes(
     budget: float,
     m: int,
     bids_fn: BidsFn,
-    replies_fn: RepliesFn,
-    params: BargainParams,
+    pricing: Pricing,
     rng: np.random.Generator,
-    max_window: int | None,
+    parts: MechanismParts,
 ) -> tuple[_Passes, float]:
-    """Steps 1-4 of :func:`select_incentive`: the first pass, then the additional ones.
+    """Steps 1-4 of :func:`select_incentive`: the first pass, then the additional ones (unless
+    ``parts.additional_selection`` is off).
 
     Returns the passes' record and L, what is left of ``budget`` after the payments.
     """
@@ -551,7 +599,8 @@ def _selection_passes(
     pool = budget  # L: what is not yet paid
     slots = m  # M - |C|
     remaining = ids  # not yet selected, not yet bargained with
-    for _ in range(m + 1):  # sections 4-5 once, then at most M repetitions of section 6
+    max_passes = m + 1 if parts.additional_selection else 1
+    for _ in range(max_passes):  # sections 4-5 once, then at most M repetitions of section 6
         if slots == 0 or remaining.size == 0:
             break
         # --- announce the cap, collect the bids ---
@@ -567,8 +616,8 @@ def _selection_passes(
         c_ids, c_bids = bid_ids[qualifies], amounts[qualifies]
         order = _random_order(c_bids, rng)[:slots]
         c_ids, c_bids = c_ids[order], c_bids[order]
-        # --- one bargaining per chosen client ---
-        price, steps, agreed = _bargain_with(c_ids, c_bids, cap, params, replies_fn, max_window)
+        # --- one bargaining per chosen client (or, ablation, its bid as the price) ---
+        price, steps, agreed = pricing(c_ids, c_bids, cap)
         passes.add_bargains(c_ids, c_bids, cap, price, steps, agreed)
         # --- pool the leftover for the next pass ---
         pool = max(0.0, budget - math.fsum(np.concatenate(passes.prices).tolist()))

@@ -9,6 +9,8 @@
   (the announced cap -> :class:`~rayfl.selection.messages.Bid`) and ``reply`` (a window of the
   server's offers -> :class:`~rayfl.selection.messages.Offer` /
   :class:`~rayfl.selection.messages.Response`); its state is r(t-1), the budget carried over.
+  ``incentive.bargaining``, ``incentive.additional_selection`` and ``incentive.carry_over``
+  switch parts of the round off (the ablation; :class:`~rayfl.selection.selectors.MechanismParts`).
 
 The maths lives in :mod:`~rayfl.selection.selectors`, :mod:`~rayfl.selection.bargaining` and
 :mod:`~rayfl.selection.messages`; this module only wires it to ``ask`` and to the handlers that
@@ -193,6 +195,7 @@ def incentive_selector() -> Selector:
             lambda offers, cap: ask("reply", offers, cap),
             ctx.cfg.incentive,
             ctx.rng,
+            parts=ctx.cfg.incentive.mechanism(),  # all on unless an ablation switches parts off
         )
         return Selection(r.selected, r.payments, incentive_record(r), r.metrics()), r.carried
 
