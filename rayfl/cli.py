@@ -396,7 +396,7 @@ def _reproduce(args: argparse.Namespace) -> int:
     if args.ablation:
         if args.name != "incentive":
             raise RayflError(f"--ablation is for `rayfl reproduce incentive`, not {args.name}")
-        extra["ablation"] = True
+        fn = get("incentive-ablation")
     try:
         table = fn(
             out,

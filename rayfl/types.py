@@ -8,6 +8,7 @@
 - **staleness** (tau): t - v for an update computed on version v and aggregated at iteration t.
 - **k** (K_t): the number of updates aggregated at iteration t.
 - **worker**: a Ray actor process that computes jobs for any client.
+- **shared data**: the arrays every worker maps from the object store (``SharedData``).
 - **client state**: what a client task keeps from one of a client's jobs to its next (SCAFFOLD's
   control variate); the server stores it (``rayfl.clients.state``) and sends it with each job.
 """
@@ -15,6 +16,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import numpy as np
 
@@ -40,3 +42,19 @@ class Update:
     worker: int = -1  # index of the worker actor that computed it
     state: bytes | None = None  # the client's new state, packed; None: the task keeps none
     report: dict[str, np.ndarray] | None = None  # ClientTask.report: what rules read beside it
+
+
+@dataclasses.dataclass(frozen=True)
+class SharedData:
+    """ObjectRefs of the arrays every worker maps (put once by the driver)."""
+
+    x_train: Any  # ObjectRef of (n, ...) samples: (n, C, H, W) uint8 for the image sets
+    y_train: Any  # ObjectRef of (n, ...) targets: (n,) int64 labels for the image sets
+    x_test: Any
+    y_test: Any
+    indices: Any  # ObjectRef of the partition's concatenated indices
+    offsets: Any  # ObjectRef of (N + 1,) int64
+    input_shape: tuple[int, ...]  # one sample's shape
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]

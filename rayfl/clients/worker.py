@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import dataclasses
 import math
 import os
 from typing import Any
@@ -29,27 +28,11 @@ from rayfl.config import ExperimentConfig
 from rayfl.errors import ConfigError
 from rayfl.heap import HeapTrimmer
 from rayfl.models import build_model
-from rayfl.types import Job, Update
+from rayfl.types import Job, SharedData, Update
 
 
 class NotAttachedError(RuntimeError):
     """A call reached a worker that has not mapped the data (Ray restarted it): attach it."""
-
-
-@dataclasses.dataclass(frozen=True)
-class SharedData:
-    """ObjectRefs of the arrays every worker maps (put once by the driver)."""
-
-    x_train: Any  # ObjectRef of (n, ...) samples: (n, C, H, W) uint8 for the image sets
-    y_train: Any  # ObjectRef of (n, ...) targets: (n,) int64 labels for the image sets
-    x_test: Any
-    y_test: Any
-    indices: Any  # ObjectRef of the partition's concatenated indices
-    offsets: Any  # ObjectRef of (N + 1,) int64
-    input_shape: tuple[int, ...]  # one sample's shape
-    num_classes: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
 
 
 class ClientWorker:

@@ -20,6 +20,8 @@ from rayfl.errors import ConfigError
 REPRODUCTIONS = {
     "akafl": "rayfl.reproduce.akafl:reproduce",
     "incentive": "rayfl.reproduce.incentive:reproduce",
+    # `rayfl reproduce incentive --ablation`: the mechanism with its parts switched off one by one
+    "incentive-ablation": "rayfl.reproduce.incentive_ablation:reproduce_ablation",
 }
 
 

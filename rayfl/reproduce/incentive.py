@@ -52,16 +52,11 @@ def reproduce(
     address: str | None,
     progress: bool | None,
     iterations: int | None = None,
-    ablation: bool = False,
 ) -> Path:
     """Runs experiments A and B into ``output`` and returns the path of ``incentive.md``;
-    ``iterations`` sets experiment A's number of rounds (default 60, quick 6). ``ablation``: the
-    mechanism's ablation instead (:mod:`rayfl.reproduce.incentive_ablation`, ``ablation.md``)."""
+    ``iterations`` sets experiment A's number of rounds (default 60, quick 6). The mechanism's
+    ablation is :mod:`rayfl.reproduce.incentive_ablation` (``--ablation``)."""
     how = {"quick": quick, "seeds": seeds, "address": address, "progress": progress}
-    if ablation:
-        from rayfl.reproduce.incentive_ablation import reproduce_ablation
-
-        return reproduce_ablation(output, iterations=iterations, **how)
     return _experiments_a_and_b(output, iterations=iterations, **how)
 
 

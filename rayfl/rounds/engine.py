@@ -12,19 +12,19 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import ray
-import torch
 
-from rayfl.clients.worker import SharedData, make_pool
 from rayfl.config import ExperimentConfig
 from rayfl.errors import RayflError
-from rayfl.models import set_flat
-from rayfl.rounds.loop import RoundServer
 from rayfl.rounds.records import RoundRecords, round_summary
 from rayfl.runtime.engine import Chunk
+from rayfl.types import SharedData
+
+if TYPE_CHECKING:  # torch, imported once Ray is starting (rayfl.api warms it up meanwhile)
+    from rayfl.rounds.loop import RoundServer
 
 WORKER_START_TIMEOUT_S = 300.0
 
@@ -52,9 +52,18 @@ class RoundsEngine:
         self._records = RoundRecords(run_dir)
         return self._records
 
-    def start(self, data: SharedData, restore: dict[str, Any] | None) -> None:
-        # --- the worker pool: the clients' side, private numbers included ---
+    def prestart(self) -> None:
+        """Starts the worker pool (the clients' side, private numbers included): the workers'
+        processes start and import torch while the driver puts the data in the object store."""
+        from rayfl.clients.worker import make_pool
+
         self.workers = make_pool(self.cfg, max_concurrency=4)
+
+    def start(self, data: SharedData, restore: dict[str, Any] | None) -> None:
+        from rayfl.rounds.loop import RoundServer
+
+        if not self.workers:
+            self.prestart()
         attached = [w.attach.remote(data) for w in self.workers]
         # The server's side (w(0), its evaluation) is built while the workers map the data.
         self.server = RoundServer(self.cfg, data, self.workers, self.sizes)
@@ -86,6 +95,10 @@ class RoundsEngine:
         return self.server.checkpoint()
 
     def finish(self, model_path: Path) -> None:
+        import torch
+
+        from rayfl.models import set_flat
+
         assert self.server is not None
         set_flat(self.server.model, self.server.w)
         torch.save(self.server.model.state_dict(), model_path)

@@ -44,7 +44,6 @@ from rayfl.clients.pool import WorkerPool
 from rayfl.clients.rounds import RoundUpdate
 from rayfl.clients.state import ClientStates
 from rayfl.clients.task import DataSpec
-from rayfl.clients.worker import SharedData
 from rayfl.config import ExperimentConfig
 from rayfl.errors import RayflError
 from rayfl.evaluation import Evaluator
@@ -62,6 +61,7 @@ from rayfl.selection.api import (
 from rayfl.selection.selectors import num_selected
 from rayfl.selection.shipped import build_selector
 from rayfl.speed import SpeedModel
+from rayfl.types import SharedData
 
 
 class RoundServer:
@@ -100,7 +100,10 @@ class RoundServer:
         # Per-client state (rayfl.clients.state): sent with each client's training, kept from
         # its RoundUpdate; empty for a task without state.
         self.client_states = ClientStates()
-        self.accuracy = [self._evaluate()[0]]  # acc(w(t)) for t = 0, 1, ... (NaN if not evaluated)
+        # acc(w(t)) for t = 0, 1, ... (NaN if not evaluated). w(0)'s only reader is the first
+        # round's gain G(0) = acc(w(1)) - acc(w(0)), which is known only if w(1) is evaluated.
+        first_evaluated = cfg.eval.every == 1 or cfg.iterations == 1
+        self.accuracy = [self._evaluate()[0] if first_evaluated else math.nan]
         self.gains: list[float] = []  # G(t) for t = 1, 2, ...
         self.started_at = time.perf_counter()
 

@@ -10,10 +10,10 @@ from typing import Any
 import numpy as np
 import ray
 
-from rayfl.clients.worker import SharedData
 from rayfl.config import ExperimentConfig
 from rayfl.data import Dataset, Partition, load_dataset, partition
 from rayfl.errors import RayflError
+from rayfl.types import SharedData
 
 
 @dataclasses.dataclass(frozen=True)

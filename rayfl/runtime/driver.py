@@ -102,6 +102,7 @@ class RunDriver:
                 self.records.load(before_round=restore["t"])
         bar = _progress(self.cfg, self.engine.unit, self.opts.progress, restore)
         try:
+            self.engine.prestart()  # their processes start while the data go in
             data = put_run_data(ds, part, self.opts.dataset, self.cfg.data.normalize)
             del ds, part  # the object store holds the arrays now
             self.engine.start(data, restore)

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from rayfl.clients.worker import SharedData
+from rayfl.types import SharedData
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +52,12 @@ class Engine(Protocol):
 
     def records(self, run_dir: Path) -> Records | None:
         """The engine's own table, if it has one."""
+        ...
+
+    def prestart(self) -> None:
+        """Starts what needs no data (the worker or server processes) right after Ray is up, so
+        that their start-up overlaps the data's put; :meth:`start` does it if this was not
+        called."""
         ...
 
     def start(self, data: SharedData, restore: dict[str, Any] | None) -> None:

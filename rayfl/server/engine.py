@@ -15,13 +15,11 @@ from typing import Any
 
 import numpy as np
 import ray
-import torch
 
-from rayfl.clients.worker import SharedData
 from rayfl.config import ExperimentConfig
 from rayfl.errors import RayflError
 from rayfl.runtime.engine import Chunk
-from rayfl.server.loop import KAsyncServer
+from rayfl.types import SharedData
 
 CHUNK = 10  # iterations per server call: how often the driver sees progress
 INTERRUPT_DRAIN_S = 30.0  # how long an interrupted run waits for the chunks in flight
@@ -45,13 +43,21 @@ class KAsyncEngine:
     def records(self, run_dir: Path) -> None:
         return None
 
-    def start(self, data: SharedData, restore: dict[str, Any] | None) -> None:
+    def prestart(self) -> None:
+        """Creates the server actor: its process starts and imports torch while the driver
+        puts the data in the object store."""
+        from rayfl.server.loop import KAsyncServer  # torch: imported once Ray is starting
+
         cfg = self.cfg
         server_cls = ray.remote(KAsyncServer).options(
             num_cpus=cfg.server.num_cpus, num_gpus=cfg.server.num_gpus, max_concurrency=1
         )
-        self.server = server_cls.remote(cfg, data)
-        self._info = _get(self.server.start.remote(restore))
+        self.server = server_cls.remote(cfg)
+
+    def start(self, data: SharedData, restore: dict[str, Any] | None) -> None:
+        if self.server is None:
+            self.prestart()
+        self._info = _get(self.server.start.remote(data, restore))
         self._requested = self._info["iteration"]
 
     def chunks(self) -> Iterator[Chunk]:
@@ -90,6 +96,8 @@ class KAsyncEngine:
     def finish(self, model_path: Path) -> None:
         self._info = ray.get(self.server.describe.remote())
         self.weights = ray.get(self.server.weights.remote())
+        import torch
+
         torch.save(ray.get(self.server.state_dict.remote()), model_path)
 
     def interrupted(self, log: Callable[[Chunk], None]) -> dict[str, Any] | None:

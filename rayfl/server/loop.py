@@ -29,7 +29,6 @@ from rayfl.aggregation.build import checkpointable
 from rayfl.aggregation.control import Decision, Feedback, build_controls, decide
 from rayfl.clients.state import ClientStates
 from rayfl.clients.task import DataSpec
-from rayfl.clients.worker import SharedData
 from rayfl.config import ExperimentConfig
 from rayfl.errors import RayflError
 from rayfl.evaluation import Evaluator
@@ -41,7 +40,7 @@ from rayfl.server.sampling import IdleClientSampler
 from rayfl.server.scheduler import JobScheduler
 from rayfl.server.versions import VersionStore
 from rayfl.speed import SpeedModel
-from rayfl.types import Job, Update
+from rayfl.types import Job, SharedData, Update
 
 CHECKPOINT_FORMAT = 4  # bump when the checkpoint's layout changes (4: no pickle)
 
@@ -49,20 +48,22 @@ CHECKPOINT_FORMAT = 4  # bump when the checkpoint's layout changes (4: no pickle
 class KAsyncServer:
     """The server: global model, versions, the job queue, the rule chain, evaluation."""
 
-    def __init__(self, cfg: ExperimentConfig, data: SharedData):
+    def __init__(self, cfg: ExperimentConfig):
+        # Light on purpose: the driver creates the actor as soon as Ray is up, so that its
+        # process starts and imports while the data go into the object store (start() gets them).
         self.cfg = cfg
-        self.data = data
         self._trim_heap = HeapTrimmer()  # rayfl.heap: the server lives for the whole run
 
     # --- start --------------------------------------------------------------------------------
 
-    def start(self, restore: dict[str, Any] | None = None) -> dict[str, Any]:
+    def start(self, data: SharedData, restore: dict[str, Any] | None = None) -> dict[str, Any]:
         """Builds w_0, starts the worker pool and dispatches every client on w_0; or, with
         ``restore`` (a ``checkpoint()``), continues exactly where that checkpoint left off.
 
         Separate from ``__init__`` so that a user error (a model factory that fails to import, a
         pool that does not fit) reaches the driver as a ``RayflError``, not as a dead actor.
         """
+        self.data = data
         cfg = self.cfg
         self._build_model()
         rules = build_rule_list(cfg.aggregation.rules)  # imports user rules in this process

@@ -21,10 +21,10 @@ import ray
 
 from rayfl.clients.pool import WorkerPool, user_error
 from rayfl.clients.state import ClientStates
-from rayfl.clients.worker import NotAttachedError, SharedData, make_pool, pool_size
+from rayfl.clients.worker import NotAttachedError, make_pool, pool_size
 from rayfl.config import ExperimentConfig
 from rayfl.errors import RayflError
-from rayfl.types import Job, Update
+from rayfl.types import Job, SharedData, Update
 
 WORKER_START_TIMEOUT_S = 300.0
 MAX_BATCH = 16  # jobs per actor call (virtual clock)
