@@ -13,8 +13,10 @@ summaries say whether their bytes should agree.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import platform
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 KERNEL_ENV = (
@@ -70,3 +72,16 @@ def cpu() -> tuple[str, str]:
     except OSError:
         model = platform.processor()
     return model, flags
+
+
+def by_worker(infos: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The distinct worker fingerprints of a pool (``ClientWorker.info()`` dicts), each with the
+    indices of the workers that have it: one entry for a uniform pool, more when nodes differ."""
+    groups: dict[str, dict[str, Any]] = {}
+    for info in infos:
+        env = info.get("environment")
+        if env is None:
+            continue
+        key = json.dumps(env, sort_keys=True)
+        groups.setdefault(key, {"workers": [], **env})["workers"].append(info.get("index"))
+    return list(groups.values())

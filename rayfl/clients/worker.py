@@ -108,7 +108,10 @@ class ClientWorker:
         return Update(job.client_id, job.version, vector, loss, self.index, state, report)
 
     def info(self) -> dict[str, Any]:
-        """Where this worker runs: node id, pid, device, assigned GPU ids."""
+        """Where this worker runs: node id, pid, device, assigned GPU ids, and what its float
+        results depend on (:func:`rayfl.environment.fingerprint`: versions, CPU, threads)."""
+        from rayfl.environment import fingerprint
+
         ctx = ray.get_runtime_context()
         return {
             "index": self.index,
@@ -116,6 +119,7 @@ class ClientWorker:
             "pid": os.getpid(),
             "device": str(self.device),
             "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
+            "environment": fingerprint(),
         }
 
     # The calls made for every job (and, below, every round) send no task events to the GCS: a

@@ -18,6 +18,7 @@ import numpy as np
 import ray
 
 from rayfl.config import ExperimentConfig
+from rayfl.environment import by_worker
 from rayfl.errors import RayflError
 from rayfl.rounds.records import RoundRecords, round_summary
 from rayfl.runtime.engine import Chunk
@@ -119,6 +120,7 @@ class RoundsEngine:
             assert self.server is not None
             out["num_workers"] = len(self.workers)
             out["worker_nodes"] = sorted({w["node_id"] for w in self._info})
+            out["worker_environments"] = by_worker(self._info)
             out["num_parameters"] = int(self.server.w.size)
         if self.server is not None:
             out["worker_failures"] = self.server.pool.failures

@@ -209,6 +209,11 @@ class RunDriver:
         self.log.compact()
         if self.records is not None:
             self.records.compact()
+        engine = self.engine.summary(finished=self.status in ("finished", "stopped"))
+        environment = fingerprint()  # what the floats depend on (rayfl.environment)
+        workers = engine.pop("worker_environments", None)
+        if workers:
+            environment["workers"] = workers  # the client workers' own, grouped
         summary = {
             "name": self.cfg.name,
             "status": self.status,
@@ -216,8 +221,8 @@ class RunDriver:
             "seed": self.cfg.seed,
             **summarize(self.log.rows()),
             "driver_wall_s": wall_s,
-            **self.engine.summary(finished=self.status in ("finished", "stopped")),
-            "environment": fingerprint(),  # what the floats depend on (rayfl.environment)
+            **engine,
+            "environment": environment,
         }
         if self.status not in ("finished", "stopped") and self.checkpointed:
             summary["resume"] = f"rayfl run --resume {self.where}"

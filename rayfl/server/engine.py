@@ -17,6 +17,7 @@ import numpy as np
 import ray
 
 from rayfl.config import ExperimentConfig
+from rayfl.environment import by_worker
 from rayfl.errors import RayflError
 from rayfl.runtime.engine import Chunk
 from rayfl.types import SharedData
@@ -130,6 +131,7 @@ class KAsyncEngine:
             "remodels": info["remodels"],
             "wasted_jobs": info["wasted_jobs"],
             "jobs_lost": info["jobs_lost"],
+            "worker_environments": by_worker(info["workers"]),
         }
 
     def postfix(self, last: dict[str, Any], last_eval: dict[str, Any] | None) -> dict[str, Any]:
