@@ -5,7 +5,9 @@ Job durations come from :class:`rayfl.speed.SpeedModel` (a seeded shifted expone
 ``VirtualQueue`` pops the K jobs with the earliest simulated finish times from a heap and
 computes them lazily: only the ``lookahead`` earliest jobs are submitted to the workers, so the
 queued work and the memory held do not grow with N. ``RealQueue`` holds the in-flight ObjectRefs
-and takes the first K that finish on the cluster (``ray.wait``).
+and takes the first K that finish on the cluster (``ray.wait``): an iteration costs O(jobs in
+flight), which ``clock.concurrency`` bounds by C instead of N (:mod:`rayfl.server.sampling`);
+a remodel's cancel is O(1).
 """
 
 from __future__ import annotations
@@ -142,6 +144,7 @@ class RealQueue:
         self.start = time.perf_counter()
         self.now = 0.0  # wall seconds since start
         self._refs: dict[Any, tuple[Job, Any]] = {}  # ObjectRef -> (job, handle)
+        self._ref_of: dict[int, Any] = {}  # client_id -> its job's ObjectRef (O(1) drop)
         self.current: dict[int, Job] = {}
 
     def __len__(self) -> int:
@@ -152,6 +155,7 @@ class RealQueue:
         job = Job(time.perf_counter() - self.start, client_id, version)
         handle = self.submit(job, delay)
         self._refs[handle[0]] = (job, handle)
+        self._ref_of[client_id] = handle[0]
         self.current[client_id] = job
         return job
 
@@ -160,13 +164,13 @@ class RealQueue:
         return self.dispatch(job.client_id, job.version)
 
     def drop(self, client_id: int) -> Job | None:
+        """Forgets a client's live job (remodel) in O(1): cancels it if it has not run."""
         job = self.current.pop(client_id, None)
         if job is not None:
-            for ref, (j, handle) in list(self._refs.items()):
-                if j is job:
-                    del self._refs[ref]
-                    self._ray.cancel(ref)  # stop it if it has not run; its result is dropped
-                    self.discard(handle)
+            ref = self._ref_of.pop(client_id)
+            _, handle = self._refs.pop(ref)
+            self._ray.cancel(ref)  # stop it if it has not run; its result is dropped
+            self.discard(handle)
         return job
 
     def take(self, k: int) -> list[tuple[Job, Any]]:
@@ -176,6 +180,7 @@ class RealQueue:
         for ref in ready:
             job, handle = self._refs.pop(ref)
             del self.current[job.client_id]
+            del self._ref_of[job.client_id]
             out.append((job, handle))
         self.now = time.perf_counter() - self.start
         return out
