@@ -4,8 +4,12 @@ account for, and a diverging run stops in one line with its results kept."""
 
 from __future__ import annotations
 
+import os
+import signal
+
 import numpy as np
 import pandas as pd
+import psutil
 import pyarrow.parquet as pq
 import pytest
 
@@ -60,6 +64,39 @@ def test_baseline_resumes_bit_identically(case, ray_session, tmp_path):
     b = pq.read_table(broken / "metrics.parquet").to_pandas()
     for column in [c for c in a.columns if c.startswith(("agg/", "dp/", "eval/", "train/"))]:
         assert a[column].tolist() == pytest.approx(b[column].tolist(), nan_ok=True), column
+
+
+def _worker_pids() -> set[int]:
+    pids = set()
+    for p in psutil.Process().children(recursive=True):
+        try:
+            if " ".join(p.cmdline()).startswith("ray::ClientWorker"):
+                pids.add(p.pid)
+        except psutil.Error:
+            continue
+    return pids
+
+
+@pytest.mark.parametrize("case", ["scaffold", "kasync-scaffold"])
+def test_scaffold_control_variates_survive_killed_workers(case, ray_session, tmp_path):
+    """Every worker dies mid-run: the c_i live in the server's store and travel with the jobs,
+    c with the versions, so the re-run jobs give the same bytes."""
+    preset, overrides = CASES[case]
+    clean = rayfl.run(preset, overrides=overrides, output=tmp_path / "clean", progress=False)
+    before = _worker_pids()
+    killed: list[int] = []
+
+    def kill_all(rows):
+        if not killed and rows[-1]["iteration"] >= 2:
+            for pid in sorted(_worker_pids() - before):
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+
+    hit = rayfl.run(
+        preset, overrides=overrides, output=tmp_path / "hit", progress=False, callback=kill_all
+    )
+    assert killed
+    assert hit.weights.tobytes() == clean.weights.tobytes()
 
 
 def test_dp_fedavg_records_its_epsilon_every_round_and_in_the_summary(ray_session, tmp_path):
