@@ -4,6 +4,7 @@
     rayfl run --resume RUN_DIR [--set iterations=N]
     rayfl tune SEARCH_YAML [--set ...] [--address ADDR] [--resume]
     rayfl reproduce akafl|incentive [--quick] [--seeds N] [--output DIR] [--address ADDR]
+    rayfl reproduce akafl --paper-scale [--results DIR] [--report-only] [--only GROUPS]
     rayfl reproduce incentive --ablation [--quick] [--seeds N]
     rayfl cluster check [PRESET_OR_YAML] [--address ADDR]
     rayfl presets
@@ -123,6 +124,24 @@ def _add_reproduce(sub: Any) -> None:
         "--only",
         metavar="GROUPS",
         help="akafl: only these groups of arms, comma-separated (paper, stragglers, stale, k)",
+    )
+    rp.add_argument(
+        "--paper-scale",
+        action="store_true",
+        help="akafl: the arms the paper has numbers for (AKAFL, AKAFL-R, AKAFL-RJ; the stale, "
+        "K = 5 and straggler pairs) at T = 5000, 3 seeds",
+    )
+    rp.add_argument(
+        "--results",
+        metavar="DIR",
+        help="akafl: the per-run results store; a run whose result is there for the same config "
+        "is not run again (default: docs/results/akafl under the current directory, the "
+        "committed results when run in the repository's root; with --quick: OUTPUT/results)",
+    )
+    rp.add_argument(
+        "--report-only",
+        action="store_true",
+        help="akafl: run nothing; rebuild table.md and the figures from the results store",
     )
     rp.add_argument(
         "--ablation",
@@ -393,6 +412,7 @@ def _reproduce(args: argparse.Namespace) -> int:
         if args.name != "akafl":
             raise RayflError(f"--only is for `rayfl reproduce akafl`, not {args.name}: drop it")
         extra["only"] = [g.strip() for g in args.only.split(",") if g.strip()]
+    extra.update(_akafl_store_options(args))
     if args.ablation:
         if args.name != "incentive":
             raise RayflError(f"--ablation is for `rayfl reproduce incentive`, not {args.name}")
@@ -412,6 +432,20 @@ def _reproduce(args: argparse.Namespace) -> int:
     print(Path(table).read_text())
     print(f"results: {out}")
     return 0
+
+
+def _akafl_store_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``reproduce akafl``'s --paper-scale, --results and --report-only as keyword arguments."""
+    given = {
+        "paper_scale": args.paper_scale,
+        "results": Path(args.results) if args.results is not None else None,
+        "report_only": args.report_only,
+    }
+    given = {key: value for key, value in given.items() if value not in (None, False)}
+    if given and args.name != "akafl":
+        flag = "--" + next(iter(given)).replace("_", "-")
+        raise RayflError(f"{flag} is for `rayfl reproduce akafl`, not {args.name}: drop it")
+    return given
 
 
 def _cluster(args: argparse.Namespace) -> int:

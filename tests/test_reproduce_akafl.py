@@ -3,6 +3,7 @@ computations, and the quick reproduction end to end through the CLI."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -91,6 +92,37 @@ def test_quick_plan_is_small_and_keeps_the_ablations():
         assert c.aggregation.k == f.aggregation.k
         assert c.aggregation.staleness == f.aggregation.staleness
         assert c.clock.straggler_fraction == f.clock.straggler_fraction
+
+
+def test_paper_scale_plan_is_the_arms_with_paper_numbers_at_t5000():
+    specs = akafl.plan(quick=False, paper_scale=True)
+    arms = {s.arm for s in specs}
+    assert arms == {
+        "paper-akafl",
+        "paper-akafl-r",
+        "paper-akafl-rj",
+        "stale-akafl",
+        "stale-akafl-r",
+        "stale-nominal-akafl",
+        "stale-nominal-akafl-r",
+        "stale-akafl-k5",
+        "stale-akafl-r-k5",
+        "stragglers-fixed-k10",
+        "stragglers-adaptive-k",
+    }
+    assert len(specs) == 3 * 11  # every arm, the straggler pair included, at seeds 0, 1, 2
+    for spec in specs:
+        c = load_config(spec.preset, list(spec.overrides))
+        assert c.iterations == akafl.PAPER_T and c.model.name != "mlp"
+        assert [akafl.window(c.iterations, w) for w in akafl.PAPER_WINDOWS] == [1000, 500]
+    assert {s.seed for s in specs if s.group == "stragglers"} == {0, 1, 2}
+    # the same runs as the full plan's, so results made by either count for both
+    full = {(s.folder, s.overrides) for s in akafl.plan(quick=False)}
+    assert {(s.folder, s.overrides) for s in specs} <= full
+    assert {s.group for s in akafl.plan(quick=False, paper_scale=True, groups=["k"])} == {"k"}
+    for wrong in ({"quick": True}, {"quick": False, "iterations": 1000}):
+        with pytest.raises(RayflError, match="--paper-scale runs the paper's T = 5000"):
+            akafl.plan(paper_scale=True, **wrong)
 
 
 def test_iterations_per_group():
@@ -258,7 +290,7 @@ def test_unfinished_runs_are_left_out_of_the_means_and_listed():
     means = akafl.arm_means(rows)
     assert means["paper-akafl-r"]["acc_w1"][0] == pytest.approx(0.97)
     assert (means["paper-akafl-r"]["seeds"], means["paper-akafl-r"]["planned"]) == (1, 2)
-    text = akafl.format_table(rows, command="c", machine="m", wall_s=60.0, quick=True)
+    text = akafl.format_table(rows, command="c", quick=True)
     assert "1 of 2 runs did not finish" in text
     assert "| paper-akafl-r-seed1 | failed |" in text and "boom" in text
     assert "| paper-akafl-r | 1/2 | 100 | 0.9700 | 0.9716 |" in text
@@ -299,6 +331,203 @@ def test_histogram_and_diff_figures(tmp_path: Path):
     assert hist.stat().st_size > 1000 and diff.stat().st_size > 1000
 
 
+# --- the results store ------------------------------------------------------------------------
+
+
+def _stragglers(t=20, **kw):
+    """The tiny straggler pair of the store tests: quick sizes, T = ``t``, one seed."""
+    return akafl.plan(quick=True, seeds=1, iterations=t, groups=["stragglers"], **kw)
+
+
+def _fake_run(root: Path, spec, acc=0.9, wall_s=12.5) -> Path:
+    """A finished run folder of ``spec`` as the engine writes it (config, summary, metrics with a
+    column the store does not keep)."""
+    import json
+
+    from rayfl.config import dump_config
+
+    cfg = load_config(spec.preset, list(spec.overrides))
+    run = root / spec.folder
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(dump_config(cfg))
+    cols = _columns(t=cfg.iterations, acc=acc, kept=np.arange(cfg.iterations) % 3 == 0)
+    cols["train/loss"] = np.linspace(2.0, 0.5, cfg.iterations)
+    pq.write_table(pa.table(cols), run / "metrics.parquet")
+    env = {"machine": "x86_64", "cpu_count": 2, "cpu_model": "Xeon", "cuda": None}
+    summary = {"name": spec.arm, "status": "finished", "driver_wall_s": wall_s, "environment": env}
+    summary["final_eval_loss"] = float("nan")  # a diverged run's summary has NaN
+    (run / "summary.json").write_text(json.dumps(summary))
+    return run
+
+
+def _stored(tmp_path: Path, specs):
+    """A store holding a result of each spec, from fake run folders."""
+    store = akafl.ResultStore(tmp_path / "results")
+    for spec in specs:
+        store.write(spec, _fake_run(tmp_path / "runs", spec))
+    return store
+
+
+def test_a_result_keeps_the_tables_numbers_and_only_the_needed_columns(tmp_path: Path):
+    import json
+
+    from rayfl.plots import _read_columns
+
+    spec = _stragglers()[0]
+    run = _fake_run(tmp_path / "runs", spec)
+    store = akafl.ResultStore(tmp_path / "results")
+    path = store.write(spec, run)
+    assert path == tmp_path / "results" / spec.arm / "seed0-T20.json"
+    record = json.loads(path.read_text())
+    assert (record["arm"], record["seed"], record["iterations"]) == (spec.arm, 0, 20)
+    assert record["config_sha256"] == akafl.config_sha256(akafl.comparable_config(spec))
+    assert record["summary"]["driver_wall_s"] == 12.5 and "Xeon" in record["machine"]
+    # the columns kept are the tables' and figures', every iteration, losslessly
+    full = _read_columns(run / "metrics.parquet")
+    stored = _read_columns(path.with_suffix(".parquet"))
+    assert set(stored) == set(akafl.RESULT_COLUMNS)
+    for name, values in stored.items():
+        np.testing.assert_array_equal(values, full[name])
+    numbers = akafl.run_numbers(full, 20)
+    loaded = store.load(spec)
+    assert loaded is not None
+    for key, value in numbers.items():
+        assert loaded["numbers"][key] == pytest.approx(value, nan_ok=True), key
+    # nothing of the run's size: no checkpoint, no updates, a few kB
+    assert path.stat().st_size < 8000 and path.with_suffix(".parquet").stat().st_size < 8000
+    assert sorted(p.name for p in path.parent.iterdir()) == ["seed0-T20.json", "seed0-T20.parquet"]
+
+
+def test_a_result_stands_for_its_config_only(tmp_path: Path, monkeypatch, capsys):
+    import json
+
+    spec = _stragglers()[0]
+    store = _stored(tmp_path, [spec])
+    assert store.load(spec) is not None
+    # another T is another file; another override of the same T is another experiment
+    assert store.load(_stragglers(t=21)[0]) is None
+    other = dataclasses.replace(spec, overrides=(*spec.overrides, "eval.every=4"))
+    assert store.load(other) is None
+    assert "made with another config (eval.every: 5 -> 4); running it again" in (
+        capsys.readouterr().out
+    )
+    # where the run executes is not part of its identity (a GPU box may take a batch)
+    placed = dataclasses.replace(spec, overrides=(*spec.overrides, "client.num_cpus=4"))
+    assert store.load(placed) is not None
+    # a config field added since, at its default, keeps the result; a changed default does not
+    path = store.paths(spec, akafl.comparable_config(spec))[0]
+    record = json.loads(path.read_text())
+    del record["config"]["data.normalize"]
+    path.write_text(json.dumps(record))
+    assert store.load(spec) is not None
+    record["config"]["data.normalize"] = "unit"
+    path.write_text(json.dumps(record))
+    assert store.load(spec) is None
+
+
+def test_changing_an_arm_plans_that_arm_again_and_nothing_else(tmp_path: Path, monkeypatch):
+    specs = _stragglers()
+    store = _stored(tmp_path, specs)
+    assert akafl.runs_to_do(specs, store, tmp_path / "none") == []
+    arms = tuple(
+        dataclasses.replace(a, overrides=(*a.overrides, "aggregation.lr=0.04"))
+        if a.name == "stragglers-adaptive-k"
+        else a
+        for a in akafl.ARMS
+    )
+    monkeypatch.setattr(akafl, "ARMS", arms)
+    todo = akafl.runs_to_do(_stragglers(), store, tmp_path / "none")
+    assert [s.arm for s in todo] == ["stragglers-adaptive-k"]
+
+
+def test_a_finished_run_folder_is_stored_instead_of_run_again(tmp_path: Path, capsys):
+    spec = _stragglers()[0]
+    _fake_run(tmp_path / "runs", spec)
+    store = akafl.ResultStore(tmp_path / "results")
+    assert akafl.runs_to_do([spec], store, tmp_path / "runs") == []
+    out = capsys.readouterr().out
+    assert f"{spec.folder} finished: {tmp_path / 'results' / spec.arm / 'seed0-T20.json'}" in out
+    assert store.load(spec) is not None
+
+
+@pytest.mark.parametrize(
+    "damage",
+    ["truncated json", "not an object", "no numbers", "metrics missing", "metrics replaced"],
+)
+def test_an_unusable_result_is_reported_once_and_run_again(tmp_path: Path, capsys, damage):
+    spec = _stragglers()[0]
+    store = _stored(tmp_path, [spec])
+    capsys.readouterr()
+    path = store.paths(spec, akafl.comparable_config(spec))[0]
+    text = path.read_text()
+    if damage == "truncated json":
+        path.write_text(text[: len(text) // 2])
+    elif damage == "not an object":
+        path.write_text("[1, 2]")
+    elif damage == "no numbers":
+        path.write_text(text.replace('"numbers"', '"numberz"'))
+    elif damage == "metrics missing":
+        path.with_suffix(".parquet").unlink()
+    else:  # a parquet of another write, e.g. a run killed between the two files
+        path.with_suffix(".parquet").write_bytes(b"PAR1")
+    assert akafl.runs_to_do([spec], store, tmp_path / "none") == [spec]
+    assert store.load(spec) is None
+    lines = [line for line in capsys.readouterr().out.splitlines() if str(path) in line]
+    assert len(lines) == 1 and lines[0].endswith("; running it again"), lines
+    # the re-run replaces it
+    store.write(spec, tmp_path / "runs" / spec.folder)
+    assert store.load(spec) is not None
+
+
+def test_an_interrupted_write_leaves_no_part_of_a_file(tmp_path: Path, monkeypatch):
+    target = tmp_path / "a" / "seed0-T20.json"
+    akafl.write_atomically(target, b"old")
+
+    def killed(*_):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(akafl.os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        akafl.write_atomically(target, b"new, cut short")
+    assert target.read_bytes() == b"old"
+    monkeypatch.undo()
+    akafl.write_atomically(target, b"new")  # and the next write clears the leftover
+    assert [p.name for p in target.parent.iterdir()] == [target.name]
+    assert target.read_bytes() == b"new"
+
+
+def test_report_only_needs_the_store_alone(tmp_path: Path, capsys):
+    specs = _stragglers()
+    store = _stored(tmp_path, specs[:1])  # one of the two runs stored
+
+    def report(out: str) -> str:
+        table = akafl.reproduce(
+            tmp_path / out,
+            quick=True,
+            seeds=1,
+            address=None,
+            progress=False,
+            iterations=20,
+            only=["stragglers"],
+            results=store.root,
+            report_only=True,
+        )
+        return table.read_bytes()
+
+    first = report("a")
+    assert "akafl: report from the 1 of 2 runs stored in" in capsys.readouterr().out
+    text = first.decode()
+    assert "| stragglers-fixed-k10-seed0 | finished | 20 | 12 |" in text
+    assert "| stragglers-adaptive-k-seed0 | missing | - | - |" in text
+    assert "(1 runs). Wall time of the 1 finished runs, summed: 0.2 min." in text
+    assert not (tmp_path / "a" / "runs").exists()
+    store.write(specs[1], _fake_run(tmp_path / "runs", specs[1]))
+    second = report("b")
+    assert second != first and second == report("c")  # a pure function of the store
+    for name in ("fig6_time_per_iteration.png", "fig7_k.png"):
+        assert (tmp_path / "b" / name).stat().st_size > 1000
+
+
 # --- end to end -------------------------------------------------------------------------------
 
 
@@ -316,6 +545,8 @@ def test_quick_reproduction_end_to_end(ray_address, tmp_path: Path, cli):
         assert f"({name})" in table
     rows = akafl.collect(akafl.plan(quick=True), out / "runs")
     assert [r["status"] for r in rows] == ["finished"] * len(akafl.ARMS)
+    # --quick keeps its results in the output folder, out of the committed ones
+    assert len(list((out / "results").glob("*/seed0-T100.json"))) == len(akafl.ARMS)
     for r in rows:
         assert r["iterations_done"] == akafl.QUICK_T
         assert 0.0 < r["acc_w1"] <= 1.0 and r["virtual_time"] > 0
@@ -328,3 +559,72 @@ def test_quick_reproduction_end_to_end(ray_address, tmp_path: Path, cli):
         by_arm["stragglers-adaptive-k"]["final_k"] < 10 == by_arm["stragglers-fixed-k10"]["final_k"]
     )
     assert by_arm["stale-akafl-k5"]["mean_k"] == 5
+
+
+def test_results_store_end_to_end(ray_address, tmp_path: Path, cli, monkeypatch, capsys):
+    """A tiny plan (the straggler pair, T = 20) through the CLI: each finished run is stored; the
+    same command again runs nothing and writes the same table; --report-only rebuilds it from the
+    store; a damaged result is reported and run again; a changed arm alone runs again."""
+    results = tmp_path / "results"
+    plan_args = ("--quick", "--only", "stragglers", "--seeds", "1", "--iterations", "20")
+
+    def call(out: str, *extra: str) -> tuple[str, bytes]:
+        proc = cli(
+            "reproduce", "akafl", *plan_args, "--results", str(results), "--output",
+            str(tmp_path / out), "--address", ray_address, "--no-progress", *extra, timeout=300,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return proc.stdout, (tmp_path / out / "table.md").read_bytes()
+
+    def finished(stdout: str) -> list[str]:
+        return [line for line in stdout.splitlines() if " finished: " in line]
+
+    out, first = call("first")
+    stored = sorted(results.rglob("*.json"))
+    assert [p.relative_to(results).as_posix() for p in stored] == [
+        "stragglers-adaptive-k/seed0-T20.json",
+        "stragglers-fixed-k10/seed0-T20.json",
+    ]
+    assert sorted(line.split(": ")[-1] for line in finished(out)) == [str(p) for p in stored]
+    # the same config again: nothing runs, the same table
+    out, again = call("again")
+    assert "akafl: 2 of 2 runs in" in out and finished(out) == []
+    assert not (tmp_path / "again" / "runs").exists()
+    assert again == first
+    # the store alone
+    out, report = call("report", "--report-only")
+    assert report == first
+    assert {p.name for p in (tmp_path / "report").glob("*.png")} == {
+        "fig6_time_per_iteration.png",
+        "fig7_k.png",
+    }
+    # a damaged result: one line, and that run again
+    stored[0].write_text("{")
+    out, _ = call("damaged")
+    (damaged,) = [line for line in out.splitlines() if str(stored[0]) in line and "unread" in line]
+    assert damaged.startswith(f"akafl: {stored[0]}: unreadable (JSONDecodeError: ")
+    assert damaged.endswith("; running it again")
+    assert [line.split(": ")[-1] for line in finished(out)] == [str(stored[0])]
+    # a changed arm (in-process, the plan patched): that arm alone runs again
+    arms = tuple(
+        dataclasses.replace(a, overrides=(*a.overrides, "aggregation.lr=0.04"))
+        if a.name == "stragglers-fixed-k10"
+        else a
+        for a in akafl.ARMS
+    )
+    monkeypatch.setattr(akafl, "ARMS", arms)
+    capsys.readouterr()
+    akafl.reproduce(
+        tmp_path / "changed",
+        quick=True,
+        seeds=1,
+        address=ray_address,
+        progress=False,
+        iterations=20,
+        only=["stragglers"],
+        results=results,
+    )
+    assert [line.split(": ")[-1] for line in finished(capsys.readouterr().out)] == [str(stored[1])]
+    assert [p.name for p in (tmp_path / "changed" / "runs").iterdir()] == [
+        "stragglers-fixed-k10-seed0"
+    ]

@@ -21,8 +21,14 @@ Reported (``table.md``, beside the paper's numbers): mean test accuracy over the
 iterations (scaled by T / 5000 when T < 5000), DevAccuracy (eq. 3-4 over the test-accuracy
 evaluations, averaged over the same window), maintained models, virtual time, the share of
 iterations where one update carries more than 0.8 of the estimate's weight, and the issue's
-targets marked PASS or MISS. Runs are written under ``runs/``; a finished run found there is not
-run again, so an interrupted reproduction can be continued with the same command and folder. The
+targets marked PASS or MISS.
+
+Each run that finishes is stored at once in a results store (:class:`ResultStore`, by default
+``docs/results/akafl``): its table numbers, config and summary in a JSON file, the few metric
+columns the tables and figures read in a Parquet file beside it. A run whose result is stored for
+the same config is not run again, so a reproduction killed at any time continues with the same
+command, on this machine or another; the table and figures are built from the store
+(``--report-only``: from the store alone). Run folders are written under ``output/runs/``; the
 table is written whatever happens, from the runs that finished.
 """
 
@@ -31,6 +37,8 @@ from __future__ import annotations
 import csv
 import dataclasses
 import functools
+import hashlib
+import json
 import math
 import os
 import shutil
@@ -41,10 +49,9 @@ from typing import Any
 
 import numpy as np
 
-from rayfl.config import load_config
+from rayfl.config import ExperimentConfig, load_config
 from rayfl.errors import RayflError
 from rayfl.partlog import PartLog
-from rayfl.reproduce import machine_description
 from rayfl.tuning import ewma_dev_accuracy
 
 PAPER_T = 5000
@@ -186,12 +193,21 @@ GROUPS = tuple(dict.fromkeys(arm.group for arm in ARMS))
 """The arms' groups: paper, stragglers, stale, k."""
 
 
+PAPER_SCALE_ARMS = tuple(
+    arm.name for arm in ARMS if arm.name not in ("paper-kasync", "paper-wkafl")
+)
+"""``--paper-scale``: the arms the paper has a number or a figure for (issue 15): AKAFL, AKAFL-R,
+AKAFL-RJ on the paper profile, the stale AKAFL / AKAFL-R pairs (staleness true and nominal), the
+K = 5 pair and the straggler pair; K-async and WKAFL, for which it gives neither, are left out."""
+
+
 def plan(
     *,
     quick: bool,
     seeds: int | None = None,
     iterations: int | Mapping[str, int] | None = None,
     groups: Sequence[str] | None = None,
+    paper_scale: bool = False,
 ) -> list[RunSpec]:
     """The runs of the reproduction, seed-major (every arm of seed 0 first).
 
@@ -201,30 +217,39 @@ def plan(
         iterations: T for every arm, or ``{group: T}`` for some groups (``paper``, ``stale``,
             ``k``, ``stragglers``); default: the presets' (5000), or 100 with ``quick``.
         groups: only the arms of these groups (default: all of :data:`GROUPS`).
+        paper_scale: only :data:`PAPER_SCALE_ARMS`, at the presets' T = 5000.
 
     Raises:
-        RayflError: an unknown group.
+        RayflError: an unknown group, or ``paper_scale`` with ``quick`` or ``iterations``.
     """
     unknown = sorted(set(groups or ()) - set(GROUPS))
     if unknown:
         raise RayflError(
             f"--only {','.join(unknown)}: no such group; choose from {', '.join(GROUPS)}"
         )
+    if paper_scale and (quick or iterations is not None):
+        raise RayflError(
+            "--paper-scale runs the paper's T = 5000 at full size: drop --quick and --iterations"
+        )
     n_seeds = seeds if seeds is not None else (1 if quick else 3)
-    specs = []
-    for seed in range(n_seeds):
-        for arm in ARMS:
-            if groups and arm.group not in groups:
-                continue
-            overrides = [*arm.overrides]
-            if quick:
-                overrides += _quick_overrides(arm)
-            t = iterations.get(arm.group) if isinstance(iterations, Mapping) else iterations
-            if t is not None:
-                overrides.append(f"iterations={int(t)}")
-            overrides += [f"name={arm.name}", f"seed={seed}", "client.num_workers=1"]
-            specs.append(RunSpec(arm.name, arm.group, arm.preset, tuple(overrides), seed))
-    return specs
+    arms = [
+        arm
+        for arm in ARMS
+        if (not groups or arm.group in groups) and (not paper_scale or arm.name in PAPER_SCALE_ARMS)
+    ]
+    return [_spec(arm, seed, quick, iterations) for seed in range(n_seeds) for arm in arms]
+
+
+def _spec(arm: Arm, seed: int, quick: bool, iterations: int | Mapping[str, int] | None) -> RunSpec:
+    """``arm`` at ``seed``: its overrides, the quick sizes, T, its name, seed and one worker."""
+    overrides = [*arm.overrides]
+    if quick:
+        overrides += _quick_overrides(arm)
+    t = iterations.get(arm.group) if isinstance(iterations, Mapping) else iterations
+    if t is not None:
+        overrides.append(f"iterations={int(t)}")
+    overrides += [f"name={arm.name}", f"seed={seed}", "client.num_workers=1"]
+    return RunSpec(arm.name, arm.group, arm.preset, tuple(overrides), seed)
 
 
 def _quick_overrides(arm: Arm) -> list[str]:
@@ -364,10 +389,16 @@ def _one_run(spec: RunSpec, run_dir: str, dataset: Any) -> dict[str, Any]:
 
 
 def run_plan(
-    specs: Sequence[RunSpec], root: Path, *, progress: bool | None = None
+    specs: Sequence[RunSpec],
+    root: Path,
+    *,
+    progress: bool | None = None,
+    on_finished: Callable[[RunSpec], None] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Runs every spec not already finished under ``root``, ``floor(CPUs / client.num_cpus)`` at a
     time; returns ``{folder: {"status", "error", "wall_s"}}`` for the runs it started.
+    ``on_finished(spec)`` is called as soon as a run has finished (to store its result while the
+    others go on).
 
     A KeyboardInterrupt cancels the runs in flight (their folders keep what they wrote) and is
     re-raised.
@@ -405,10 +436,9 @@ def run_plan(
             done, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)  # Ctrl-C between
             for ref in done:
                 spec = pending.pop(ref)
-                try:
-                    outcomes[spec.folder] = ray.get(ref)
-                except Exception as e:  # the task itself died (e.g. out of memory)
-                    outcomes[spec.folder] = {"status": "failed", "error": str(e), "wall_s": None}
+                outcomes[spec.folder] = _outcome(ref)
+                if on_finished is not None and outcomes[spec.folder]["status"] == "finished":
+                    on_finished(spec)
                 bar.update(1)
     except KeyboardInterrupt:
         for ref in pending:
@@ -417,6 +447,16 @@ def run_plan(
     finally:
         bar.close()
     return outcomes
+
+
+def _outcome(ref: Any) -> dict[str, Any]:
+    """A finished task's ``{"status", "error", "wall_s"}``, also when the task itself died."""
+    import ray
+
+    try:
+        return dict(ray.get(ref))
+    except Exception as e:  # the task itself died (e.g. out of memory)
+        return {"status": "failed", "error": str(e), "wall_s": None}
 
 
 def _finished(run_dir: Path, spec: RunSpec) -> bool:
@@ -432,44 +472,338 @@ def _finished(run_dir: Path, spec: RunSpec) -> bool:
 
 
 def _status(run_dir: Path) -> str:
-    import json
-
     try:
         return str(json.loads((run_dir / "summary.json").read_text()).get("status", "unknown"))
     except (OSError, ValueError):
         return "missing" if not PartLog(run_dir / "metrics.parquet").exists() else "partial"
 
 
-# --- collecting, tables, targets --------------------------------------------------------------
+# --- the results store ------------------------------------------------------------------------
 
 
-def collect(specs: Sequence[RunSpec], root: Path) -> list[dict[str, Any]]:
-    """One row per spec: its status and, where its metrics exist, :func:`run_numbers`."""
-    from rayfl.plots import _read_columns
+DEFAULT_RESULTS = Path("docs/results/akafl")
+"""Where a full-size reproduction keeps one result per run: relative to the current directory,
+i.e. the committed results when the command runs in the repository's root."""
 
-    rows = []
-    for spec in specs:
-        run_dir = root / spec.folder
-        row: dict[str, Any] = {
+RESULT_COLUMNS = (
+    "iteration",
+    "eval/accuracy",
+    "sys/virtual_time",
+    "agg/k",
+    "agg/staleness_mean",
+    "agg/max_weight",
+    "agg/lr",
+    "agg/kept_previous",
+    "agg/remodels",
+)
+"""The metric columns :func:`run_numbers` and the figures read; a stored result keeps only these,
+every iteration, losslessly (so its numbers can be recomputed from it)."""
+
+PLACEMENT_FIELDS = frozenset(
+    {
+        "client.num_workers",
+        "client.num_cpus",
+        "client.num_gpus",
+        "client.max_restarts",
+        "checkpoint_every",
+        "tracking",
+    }
+)
+"""Config fields that decide where and how a run executes, not what it computes: left out of the
+stored config, so that a result made on another machine (a GPU box) counts as the same run."""
+
+RESULT_FORMAT = 1
+_MISSING = object()
+
+
+def comparable_config(spec: RunSpec) -> dict[str, Any]:
+    """The run's resolved config as ``{dotted.path: value}``, without :data:`PLACEMENT_FIELDS`."""
+    flat = _flatten(load_config(spec.preset, list(spec.overrides)).to_dict())
+    return {key: value for key, value in flat.items() if key not in PLACEMENT_FIELDS}
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping) and value:
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def config_sha256(config: Mapping[str, Any]) -> str:
+    """sha256 of a :func:`comparable_config` as canonical JSON (sorted keys)."""
+    text = json.dumps(config, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def config_change(stored: Mapping[str, Any], current: Mapping[str, Any]) -> str | None:
+    """The first difference that makes a stored result another experiment
+    (``"path: old -> new"``), or None when it is the same run.
+
+    A field the stored config lacks counts as unchanged when its current value is the schema's
+    default: fields get added to the config with defaults that keep the old behaviour, and hours
+    of committed runs should not be thrown away for that. A changed default still counts, since
+    the stored config holds every value the run used.
+    """
+    if config_sha256(stored) == config_sha256(current):
+        return None
+    defaults = _flatten(ExperimentConfig().to_dict())
+    for key in sorted(stored.keys() | current.keys()):
+        old, new = stored.get(key, _MISSING), current.get(key, _MISSING)
+        if old == new or (old is _MISSING and new == defaults.get(key, _MISSING)):
+            continue
+        return f"{key}: {_shown(old)} -> {_shown(new)}"
+    return None
+
+
+def _shown(value: Any) -> str:
+    return "(none)" if value is _MISSING else json.dumps(value)[:60]
+
+
+def metrics_bytes(columns: Mapping[str, np.ndarray]) -> bytes:
+    """The result's metric columns (NaN as null) as one zstd Parquet file, losslessly: the
+    iteration delta-encoded, columns of few values (K, counters, the sparse accuracy) as
+    dictionaries, the other floats byte-stream-split (about 18 bytes per iteration)."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    arrays = {"iteration": pa.array(np.asarray(columns["iteration"], dtype=np.int64))}
+    for name in RESULT_COLUMNS[1:]:
+        if name in columns:
+            arrays[name] = pa.array(np.asarray(columns[name], dtype=np.float64), from_pandas=True)
+    few = [n for n, a in arrays.items() if n != "iteration" and len(a.unique()) <= 256]
+    split = {n: "BYTE_STREAM_SPLIT" for n in arrays if n != "iteration" and n not in few}
+    sink = io.BytesIO()
+    pq.write_table(
+        pa.table(arrays),
+        sink,
+        compression="zstd",
+        compression_level=19,
+        use_dictionary=few,
+        column_encoding={"iteration": "DELTA_BINARY_PACKED", **split},
+    )
+    return sink.getvalue()
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Writes ``path`` through a temporary file beside it and ``os.replace``, so a reproduction
+    killed at any moment leaves the old file or the new one, never a part of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for leftover in path.parent.glob(f".{path.name}.*.tmp"):  # of a writer killed mid-write
+        leftover.unlink(missing_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with tmp.open("wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _say(line: str) -> None:
+    """One line of the command's progress report (flushed: it may go to a background log)."""
+    print(line, flush=True)
+
+
+class ResultStore:
+    """One result per (arm, seed, T) under ``root``: ``<arm>/seed<k>-T<T>.json`` (the config, the
+    table's numbers, the run's summary.json) and ``<arm>/seed<k>-T<T>.parquet`` (the
+    :data:`RESULT_COLUMNS`). The JSON is written last and names the Parquet's sha256, so it marks
+    a complete pair; a result counts for a spec only if its config is the spec's
+    (:func:`config_change`)."""
+
+    def __init__(self, root: Path, *, unusable: str = "running it again") -> None:
+        self.root = Path(root)
+        self.unusable = unusable  # what happens to a result that cannot be used, for the report
+        self._reported: set[Path] = set()
+
+    def paths(self, spec: RunSpec, config: Mapping[str, Any]) -> tuple[Path, Path]:
+        """The spec's JSON and Parquet files (``config``: its :func:`comparable_config`)."""
+        stem = self.root / spec.arm / f"seed{spec.seed}-T{int(config['iterations'])}"
+        return stem.with_suffix(".json"), stem.with_suffix(".parquet")
+
+    def load(self, spec: RunSpec) -> dict[str, Any] | None:
+        """The spec's result record (its JSON, plus ``json_path`` and ``metrics_path``), or None
+        when there is none or it cannot be used (reported in one line, once)."""
+        config = comparable_config(spec)
+        json_path, metrics_path = self.paths(spec, config)
+        if not json_path.exists():
+            return None
+        record, why = _read_result(json_path, metrics_path, config)
+        if record is None:
+            if json_path not in self._reported:
+                self._reported.add(json_path)
+                _say(f"akafl: {json_path}: {why}; {self.unusable}")
+            return None
+        return {**record, "json_path": str(json_path), "metrics_path": str(metrics_path)}
+
+    def write(self, spec: RunSpec, run_dir: Path) -> Path:
+        """Stores the finished run in ``run_dir`` as the spec's result; returns the JSON's path."""
+        from rayfl.plots import _read_columns
+
+        config = comparable_config(spec)
+        json_path, metrics_path = self.paths(spec, config)
+        columns = _read_columns(run_dir / "metrics.parquet")
+        kept = {name: columns[name] for name in RESULT_COLUMNS if name in columns}
+        data = metrics_bytes(kept)
+        summary = _summary(run_dir)
+        record = {
+            "format": RESULT_FORMAT,
             "arm": spec.arm,
             "group": spec.group,
             "seed": spec.seed,
-            "status": _status(run_dir),
-            "folder": str(run_dir),
+            "iterations": int(config["iterations"]),
+            "preset": spec.preset,
+            "overrides": list(spec.overrides),
+            "config_sha256": config_sha256(config),
+            "machine": _machine_of(summary),
+            "numbers": _json_numbers(run_numbers(kept, int(config["iterations"]))),
+            "metrics": metrics_path.name,
+            "metrics_sha256": hashlib.sha256(data).hexdigest(),
+            "summary": summary,
+            "config": config,
         }
-        metrics = run_dir / "metrics.parquet"
-        if PartLog(metrics).exists():
-            t = load_config(spec.preset, list(spec.overrides)).iterations
-            row["iterations"] = t
-            row.update(run_numbers(_read_columns(metrics), t))
-            row["wall_s"] = _summary(run_dir).get("driver_wall_s", math.nan)
-        rows.append(row)
+        write_atomically(metrics_path, data)  # first: the JSON written next vouches for it
+        # NaN stays possible in the summary (a diverged run) and reads back as NaN; the numbers
+        # write theirs as null, for readers other than Python
+        text = json.dumps(record, indent=1) + "\n"
+        write_atomically(json_path, text.encode())
+        self._reported.discard(json_path)
+        return json_path
+
+
+def _read_result(
+    json_path: Path, metrics_path: Path, config: Mapping[str, Any]
+) -> tuple[dict[str, Any] | None, str]:
+    """(the JSON record, "") if the pair is complete and of ``config``, else (None, why not)."""
+    try:
+        record = json.loads(json_path.read_text())
+        numbers, stored, sha = record["numbers"], record["config"], record["metrics_sha256"]
+        record["numbers"] = {key: math.nan if v is None else float(v) for key, v in numbers.items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        return None, f"unreadable ({e.__class__.__name__}: {str(e)[:80]})"
+    try:
+        data = metrics_path.read_bytes()
+    except OSError:
+        return None, f"its metrics file {metrics_path.name} is missing"
+    if hashlib.sha256(data).hexdigest() != sha:
+        return None, f"{metrics_path.name} is not the file it was written with"
+    change = config_change(stored, config)
+    if change:
+        return None, f"made with another config ({change})"
+    return record, ""
+
+
+def _json_numbers(numbers: Mapping[str, float]) -> dict[str, float | None]:
+    return {key: (v if math.isfinite(v) else None) for key, v in numbers.items()}
+
+
+def _machine_of(summary: Mapping[str, Any]) -> str:
+    """Where a run ran, from its summary.json's environment, for the report."""
+    env = summary.get("environment") or {}
+    if not isinstance(env, Mapping) or not env:
+        return "unknown"
+    gpu = f"CUDA {env['cuda']}" if env.get("cuda") else "no GPU"
+    return (
+        f"{env.get('machine', '?')}, {env.get('cpu_count', '?')} CPU cores "
+        f"({env.get('cpu_model', '?')}), {gpu}"
+    )
+
+
+def default_results(output: Path, quick: bool) -> Path:
+    """The store of a reproduction: :data:`DEFAULT_RESULTS`, or for ``--quick`` (not the paper's
+    setting, and run by CI) ``output/results``, which keeps it out of the committed results."""
+    return Path(output) / "results" if quick else DEFAULT_RESULTS
+
+
+def _store_finished_run(store: ResultStore, runs_root: Path, spec: RunSpec) -> None:
+    """Stores a run as soon as it has finished and reports it in one line."""
+    try:
+        path = store.write(spec, runs_root / spec.folder)
+    except Exception as e:  # one run's bookkeeping must not end a reproduction of many hours
+        _say(
+            f"akafl: {spec.folder} finished but was not stored ({e.__class__.__name__}: {e}); "
+            "the next call stores it from its run folder"
+        )
+        return
+    _say(f"akafl: {spec.folder} finished: {path}")
+
+
+def runs_to_do(specs: Sequence[RunSpec], store: ResultStore, runs_root: Path) -> list[RunSpec]:
+    """The specs without a usable stored result; a finished run of the spec's config found in
+    ``runs_root`` (from an earlier call) is stored instead of run again."""
+    todo = []
+    for spec in specs:
+        if store.load(spec) is not None:
+            continue
+        if _finished(runs_root / spec.folder, spec):
+            _store_finished_run(store, runs_root, spec)
+            if store.load(spec) is not None:
+                continue
+        todo.append(spec)
+    return todo
+
+
+# --- collecting, tables, targets --------------------------------------------------------------
+
+
+def collect(
+    specs: Sequence[RunSpec], root: Path | None, store: ResultStore | None = None
+) -> list[dict[str, Any]]:
+    """One row per spec: its stored result if ``store`` has one for its config, else its run
+    folder under ``root`` (status and, where its metrics exist, :func:`run_numbers`); with no
+    ``root`` (``--report-only``) a spec without a result is ``missing``."""
+    rows = []
+    for spec in specs:
+        record = store.load(spec) if store is not None else None
+        if record is not None:
+            rows.append(_stored_row(spec, record))
+        else:
+            rows.append(_run_folder_row(spec, root))
     return rows
 
 
-def _summary(run_dir: Path) -> dict[str, Any]:
-    import json
+def _stored_row(spec: RunSpec, record: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "arm": spec.arm,
+        "group": spec.group,
+        "seed": spec.seed,
+        "status": "finished",
+        "run": spec.folder,
+        "folder": str(Path(record["json_path"]).parent),
+        "result": record["json_path"],
+        "metrics": record["metrics_path"],
+        "iterations": int(record["iterations"]),
+        **record["numbers"],
+        "wall_s": float(record.get("summary", {}).get("driver_wall_s", math.nan)),
+        "machine": str(record.get("machine", "unknown")),
+    }
 
+
+def _run_folder_row(spec: RunSpec, root: Path | None) -> dict[str, Any]:
+    from rayfl.plots import _read_columns
+
+    run_dir = root / spec.folder if root is not None else None
+    row: dict[str, Any] = {
+        "arm": spec.arm,
+        "group": spec.group,
+        "seed": spec.seed,
+        "status": _status(run_dir) if run_dir is not None else "missing",
+        "run": spec.folder,
+        "folder": str(run_dir) if run_dir is not None else "",
+    }
+    if run_dir is not None and PartLog(run_dir / "metrics.parquet").exists():
+        t = load_config(spec.preset, list(spec.overrides)).iterations
+        row["iterations"] = t
+        row.update(run_numbers(_read_columns(run_dir / "metrics.parquet"), t))
+        row["wall_s"] = _summary(run_dir).get("driver_wall_s", math.nan)
+    return row
+
+
+def _summary(run_dir: Path) -> dict[str, Any]:
     try:
         return dict(json.loads((run_dir / "summary.json").read_text()))
     except (OSError, ValueError):
@@ -683,16 +1017,18 @@ def format_table(
     rows: Sequence[Mapping[str, Any]],
     *,
     command: str,
-    machine: str,
-    wall_s: float,
     quick: bool,
     figures: Sequence[str] = (),
 ) -> str:
-    """The markdown report: the tables beside the paper's numbers, the targets, every run."""
+    """The markdown report: the tables beside the paper's numbers, the targets, every run.
+
+    It depends on the rows (and the command that planned them) only, not on the call that
+    writes it, so ``--report-only`` rebuilds the same bytes from the stored results.
+    """
     means = arm_means(rows)
     ts = sorted({int(r["iterations"]) for r in rows if "iterations" in r})
     scaled = [t for t in ts if t < PAPER_T]
-    lines = _intro(rows, ts, scaled, command=command, machine=machine, wall_s=wall_s, quick=quick)
+    lines = _intro(rows, ts, scaled, command=command, quick=quick)
     lines += _arm_table(
         means,
         "Algorithms on the paper profile (Table 2 and 3)",
@@ -729,22 +1065,17 @@ def _intro(
     scaled: Sequence[int],
     *,
     command: str,
-    machine: str,
-    wall_s: float,
     quick: bool,
 ) -> list[str]:
     """The report's title, how it was made, what the numbers mean; unfinished runs and a reduced
     T (``ts``: the runs' T, ``scaled``: those below the paper's) are stated up front."""
     lines = ["# AKAFL-RJ reproduction", ""]
-    lines += [
-        f"Command: `{command}`. Machine: {machine}. Wall time {wall_s / 60:.1f} min.",
-        "",
-    ]
+    lines += [f"Command: `{command}`. {_provenance(rows)}", ""]
     done = sum(r["status"] == "finished" for r in rows)
     if done < len(rows):
         lines += [
-            f"**{len(rows) - done} of {len(rows)} runs did not finish** (see Runs); the tables "
-            "use the finished runs only.",
+            f"**{len(rows) - done} of {len(rows)} runs did not finish** (or are not stored "
+            "yet; see Runs); the tables use the finished runs only.",
             "",
         ]
     lines += [
@@ -770,6 +1101,23 @@ def _intro(
             "",
         ]
     return lines
+
+
+def _provenance(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Where the finished runs ran and their wall time in all: from the runs themselves (a
+    reproduction may gather them over several calls and machines)."""
+    done = [r for r in rows if r["status"] == "finished"]
+    machines: dict[str, int] = {}
+    for r in done:
+        machine = str(r.get("machine", "unknown"))
+        machines[machine] = machines.get(machine, 0) + 1
+    wall = [float(r.get("wall_s", math.nan)) for r in done]
+    where = "; ".join(f"{m} ({n} runs)" for m, n in machines.items()) or "none"
+    total = sum(w for w in wall if math.isfinite(w))
+    return (
+        f"Machines: {where}. Wall time of the {len(done)} finished runs, summed: "
+        f"{total / 60:.1f} min."
+    )
 
 
 def _arm_table(
@@ -832,7 +1180,7 @@ def _runs_section(rows: Sequence[Mapping[str, Any]], figures: Sequence[str]) -> 
         done_t = r.get("iterations_done")
         wall = r.get("wall_s", math.nan)
         lines.append(
-            f"| {Path(r['folder']).name} | {r['status']} | "
+            f"| {r.get('run', Path(r['folder']).name)} | {r['status']} | "
             f"{'-' if done_t is None else int(done_t)} | "
             f"{'-' if not isinstance(wall, float) or not math.isfinite(wall) else f'{wall:.0f}'}"
             f" | {r.get('error', '')} |"
@@ -862,19 +1210,35 @@ FIGURES: tuple[tuple[str, str], ...] = (
 def make_figures(rows: Sequence[Mapping[str, Any]], out: Path) -> list[Path]:
     """The PNG figures of the paper's Fig. 6-12 from the first finished seed of each arm.
 
-    A figure whose runs did not finish is skipped.
+    A figure whose runs did not finish is skipped. Stored results are drawn from their Parquet
+    file, staged as a run folder named after the arm (the figures' labels).
     """
-    first: dict[str, str] = {}
+    import tempfile
+
+    first: dict[str, Mapping[str, Any]] = {}
     for r in rows:
         if r["status"] == "finished" and r["arm"] not in first:
-            first[r["arm"]] = r["folder"]
+            first[r["arm"]] = r
     titles = dict(FIGURES)
     written: list[Path] = []
-    for name, arms, draw in _figure_recipes():
-        dirs = [first[a] for a in arms if a in first]
-        if len(dirs) == len(arms):
-            written.append(draw(dirs, out / name, title=titles[name]))
+    with tempfile.TemporaryDirectory(prefix="akafl-figures-") as staging:
+        for name, arms, draw in _figure_recipes():
+            if all(a in first for a in arms):
+                dirs = [_figure_run_dir(first[a], Path(staging)) for a in arms]
+                written.append(draw(dirs, out / name, title=titles[name]))
     return written
+
+
+def _figure_run_dir(row: Mapping[str, Any], staging: Path) -> str:
+    """A run folder the plots read for ``row``: its own, or ``staging/<arm>`` holding its stored
+    metrics as ``metrics.parquet``."""
+    if "metrics" not in row:
+        return str(row["folder"])
+    run_dir = staging / str(row["arm"])
+    if not run_dir.exists():
+        run_dir.mkdir(parents=True)
+        shutil.copyfile(row["metrics"], run_dir / "metrics.parquet")
+    return str(run_dir)
 
 
 def _figure_recipes() -> list[tuple[str, Sequence[str], Callable[..., Path]]]:
@@ -961,48 +1325,102 @@ def reproduce(
     progress: bool | None,
     iterations: int | Mapping[str, int] | None = None,
     only: Sequence[str] | None = None,
+    paper_scale: bool = False,
+    results: Path | None = None,
+    report_only: bool = False,
 ) -> Path:
-    """Runs the plan into ``output`` and writes ``table.md`` (returned), ``runs.csv`` and the
-    figures; ``iterations`` shortens the runs (an int, or ``{group: T}``), ``only`` keeps the
-    arms of some groups (see :func:`plan`)."""
-    from rayfl.runtime.session import ensure_ray
-
-    specs = plan(quick=quick, seeds=seeds, iterations=iterations, groups=only)
+    """Runs the plan's runs that ``results`` (the store, default :func:`default_results`) has
+    no result for, storing each as it finishes, and writes ``table.md`` (returned), ``runs.csv``
+    and the figures into ``output`` from the stored results; ``report_only`` runs nothing.
+    ``iterations`` shortens the runs (an int, or ``{group: T}``), ``only`` keeps the arms of some
+    groups, ``paper_scale`` the arms the paper has numbers for (see :func:`plan`)."""
+    specs = plan(
+        quick=quick, seeds=seeds, iterations=iterations, groups=only, paper_scale=paper_scale
+    )
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-    command = _command_line(quick, seeds, iterations, only)
-    started_ray = ensure_ray(address)
+    store = ResultStore(
+        Path(results) if results is not None else default_results(output, quick),
+        unusable="left out" if report_only else "running it again",
+    )
+    command = _command_line(quick, seeds, iterations, only, paper_scale)
+    if report_only:
+        return write_report(specs, store, output, command=command, quick=quick, runs_root=None)
     outcomes: dict[str, dict[str, Any]] = {}
-    machine = "unknown"
     try:
-        import ray
+        outcomes = _run_missing(specs, store, output / "runs", address, progress)
+    finally:
+        path = write_report(
+            specs,
+            store,
+            output,
+            command=command,
+            quick=quick,
+            runs_root=output / "runs",
+            outcomes=outcomes,
+        )
+    return path
 
-        machine = machine_description(ray.cluster_resources())
-        outcomes = run_plan(specs, output / "runs", progress=progress)
+
+def _run_missing(
+    specs: Sequence[RunSpec],
+    store: ResultStore,
+    runs_root: Path,
+    address: str | None,
+    progress: bool | None,
+) -> dict[str, dict[str, Any]]:
+    """Runs the specs the store has no result for (Ray only if there are any); each finished run
+    is stored at once. Returns :func:`run_plan`'s outcomes."""
+    from rayfl.runtime.session import ensure_ray
+
+    todo = runs_to_do(specs, store, runs_root)
+    _say(
+        f"akafl: {len(specs) - len(todo)} of {len(specs)} runs in {store.root}, {len(todo)} to run"
+    )
+    if not todo:
+        return {}
+    started_ray = ensure_ray(address)
+    try:
+        return run_plan(
+            todo,
+            runs_root,
+            progress=progress,
+            on_finished=functools.partial(_store_finished_run, store, runs_root),
+        )
     finally:
         if started_ray:
             import ray
 
             ray.shutdown()
-        rows = collect(specs, output / "runs")
-        for r in rows:
-            err = outcomes.get(Path(r["folder"]).name, {}).get("error")
-            if err:
-                r["error"] = err.splitlines()[0][:200]
-        _write_csv(output / "runs.csv", rows)
-        figures = make_figures(rows, output)
-        path = output / "table.md"
-        path.write_text(
-            format_table(
-                rows,
-                command=command,
-                machine=machine,
-                wall_s=time.perf_counter() - started,
-                quick=quick,
-                figures=[str(f) for f in figures],
-            )
-        )
+
+
+def write_report(
+    specs: Sequence[RunSpec],
+    store: ResultStore,
+    output: Path,
+    *,
+    command: str,
+    quick: bool,
+    runs_root: Path | None,
+    outcomes: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Path:
+    """``table.md`` (returned), ``runs.csv`` and the figures in ``output``, from the stored
+    results and, for runs without one, their folders under ``runs_root`` (with this call's
+    ``outcomes``' errors)."""
+    rows = collect(specs, runs_root, store)
+    if runs_root is None:
+        stored = sum("result" in r for r in rows)
+        _say(f"akafl: report from the {stored} of {len(rows)} runs stored in {store.root}")
+    for r in rows:
+        err = (outcomes or {}).get(r["run"], {}).get("error")
+        if err:
+            r["error"] = err.splitlines()[0][:200]
+    _write_csv(output / "runs.csv", rows)
+    figures = make_figures(rows, output)
+    path = output / "table.md"
+    path.write_text(
+        format_table(rows, command=command, quick=quick, figures=[str(f) for f in figures])
+    )
     return path
 
 
@@ -1011,9 +1429,12 @@ def _command_line(
     seeds: int | None,
     iterations: int | Mapping[str, int] | None,
     only: Sequence[str] | None,
+    paper_scale: bool = False,
 ) -> str:
-    """The ``rayfl reproduce akafl`` command that asks for this reproduction, for the report."""
+    """The ``rayfl reproduce akafl`` command that plans this reproduction, for the report (the
+    options that only say where, or whether to run, are left out: the table is the same)."""
     command = "rayfl reproduce akafl" + (" --quick" if quick else "")
+    command += " --paper-scale" if paper_scale else ""
     if seeds is not None:
         command += f" --seeds {seeds}"
     if only:
