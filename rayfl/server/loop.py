@@ -367,8 +367,9 @@ class KAsyncServer:
             if sum(rejected.values()) > self.cfg.data.num_clients + self.k:
                 raise RayflError(
                     f"iteration {t}: {sum(rejected.values())} updates rejected in a row "
-                    f"({', '.join(sorted(rejected))}): the clients' updates are broken; check "
-                    "the model, the learning rates, and aggregation.max_update_norm"
+                    f"({', '.join(sorted(rejected))}): the clients' updates are broken or the "
+                    "model diverged; check the model, the learning rates (aggregation.lr, "
+                    "client.local_lr) and aggregation.max_update_norm"
                 )
         for reason, n in rejected.items():
             self.rejected[reason] = self.rejected.get(reason, 0) + n
