@@ -69,8 +69,7 @@ def main() -> int:
         for seed in range(args.seeds):
             d = run(normalize, seed, args.iterations)
             lines.append(
-                f"| {normalize} | {seed} | {at(d, 250):.2f} | {at(d, 550):.2f} | "
-                f"{at(d, 600):.2f} |"
+                f"| {normalize} | {seed} | {at(d, 250):.2f} | {at(d, 550):.2f} | {at(d, 600):.2f} |"
             )
     for seed in range(min(args.seeds, 3)):
         lines.append(
