@@ -29,6 +29,9 @@ KASYNC_SCAFFOLD = [
     "aggregation.rules=[scaffold, mean, weighted_sum, constant_lr]",
 ]
 CASES = {
+    "fedavg": ("fedavg", SYNC),
+    "fedadagrad": ("fedadagrad", SYNC),
+    "fedyogi": ("fedyogi", SYNC),
     "fedadam": ("fedadam", SYNC),
     "fedavgm": ("fedavgm", SYNC),
     "fedprox": ("fedprox", SYNC),
