@@ -8,13 +8,15 @@ hands both to the run driver (:mod:`rayfl.runtime.driver`). It starts Ray only i
 
 from __future__ import annotations
 
-import contextlib
-import importlib
 import os
-import threading
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+# torch loads here, before the driver starts or joins Ray: loaded after ray.init in a `ray job
+# submit` entrypoint, libtorch_cpu failed ("Intel oneMKL FATAL ERROR: Cannot load
+# libtorch_cpu.so"); rayfl <= this release always loaded it first.
+import torch  # noqa: F401
 
 from rayfl.config import ExperimentConfig, load_config
 from rayfl.errors import RayflError
@@ -77,7 +79,6 @@ def run(
         mirror = Mirror(str(output))
     resume_dir = Path(resume) if resume is not None else None
     cfg, restore = _resolve(config, overrides, resume_dir)
-    _warm_up(cfg.mode)  # torch and the engine import in a thread while data load and Ray starts
     ds, part = run_data(cfg, dataset)  # bad data fails here, before any folder or Ray exists
     engine = _engine(cfg, part.sizes())
     opts = RunOptions(
@@ -107,25 +108,6 @@ def _resolve(
     if cfg.mode != "sync" and mode != "async":
         raise RayflError(f"--resume {resume_dir}: the checkpoint is a mode: sync run's, not async")
     return cfg, restore
-
-
-def _warm_up(mode: str) -> None:
-    """Imports the engine's heavy modules (torch, the server, the workers) in a daemon thread.
-
-    ``ray.init`` mostly waits for its processes to come up; importing torch (~1.5 s) meanwhile
-    takes it off a short run's critical path. The main thread imports the same modules when it
-    needs them: Python's import locks make it wait for the thread's import, never import twice.
-    rayfl has no import cycles, so the two threads cannot deadlock on module locks. A failed
-    import here is ignored: the main thread's own import raises it where it belongs.
-    """
-    module = "rayfl.rounds.loop" if mode == "sync" else "rayfl.server.loop"
-
-    def load() -> None:
-        with contextlib.suppress(Exception):
-            importlib.import_module(module)
-            importlib.import_module("rayfl.clients.worker")
-
-    threading.Thread(target=load, name="rayfl-warm-up", daemon=True).start()
 
 
 def _engine(cfg: ExperimentConfig, sizes: Any) -> Any:
