@@ -114,10 +114,9 @@ def timed(owner: Any, name: str, spans: dict[str, list[tuple[float, float]]], la
 def child_rayfl(rounds: int, out: str, json_path: str) -> None:
     """One ``rayfl.run`` with its phases stamped; writes them to ``json_path``."""
     marks = {"start": time.time()}
-    # What `rayfl run` imports before it starts (rayfl.api; the rounds engine's module is light
-    # and imports torch only when it starts), imported here to time it and to wrap it. The
-    # server's module (torch) is wrapped only once the engine starts, as a plain `rayfl run`
-    # imports it (in a thread while Ray starts, since the start-up work of 2026-12-01).
+    # What `rayfl run` imports before it starts (rayfl.api, which loads torch first; the rounds
+    # engine's module), imported here to time it and to wrap it. The server's module is wrapped
+    # only once the engine starts, when a plain `rayfl run` imports it.
 
     import rayfl
     from rayfl import api
