@@ -56,20 +56,6 @@ def reproduce(
     """Runs experiments A and B into ``output`` and returns the path of ``incentive.md``;
     ``iterations`` sets experiment A's number of rounds (default 60, quick 6). The mechanism's
     ablation is :mod:`rayfl.reproduce.incentive_ablation` (``--ablation``)."""
-    how = {"quick": quick, "seeds": seeds, "address": address, "progress": progress}
-    return _experiments_a_and_b(output, iterations=iterations, **how)
-
-
-def _experiments_a_and_b(
-    output: Path,
-    *,
-    quick: bool,
-    seeds: int | None,
-    address: str | None,
-    progress: bool | None,
-    iterations: int | None,
-) -> Path:
-    """:func:`reproduce` without ``ablation``."""
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     n_seeds = seeds if seeds is not None else (2 if quick else 15)
