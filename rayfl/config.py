@@ -157,8 +157,23 @@ class ClientConfig:
     plain SGD, no state) or an import path 'package.module:factory' to a user's task."""
     task_params: dict[str, Any] = dataclasses.field(default_factory=dict)
     """Keyword arguments of client.task's factory, checked against its signature."""
+    batched: str | bool = "auto"
+    """Compute a worker's batch of K-async jobs in one torch.func call (vmap over the jobs;
+    rayfl.clients.batched): auto (on for a worker that computes on CUDA, off on CPU) | on | off
+    (true / false too). The same updates as one job at a time within float tolerance, not bit
+    for bit, so auto keeps CPU results' bytes. For the default task or one declaring batchable
+    = True, on a model without buffers; auto otherwise computes one job at a time, on is an
+    error. The virtual clock's calls only (the real clock and rounds send one job per call)."""
+    max_batch_jobs: int = 16
+    """client.batched: the most jobs vmapped at once (a call with more is split); lower it if a
+    GPU worker runs out of memory."""
 
     def __post_init__(self) -> None:
+        # YAML reads on / off as booleans: keep the one written form
+        if isinstance(self.batched, bool):
+            object.__setattr__(self, "batched", "on" if self.batched else "off")
+        _one_of("client.batched", self.batched, BATCHED_MODES)
+        _positive("client.max_batch_jobs", self.max_batch_jobs)
         # torch-free: the tasks are built in the workers
         from rayfl.clients.shipped import TASKS, check_task_params
         from rayfl.registry import check_params, resolve
@@ -191,6 +206,7 @@ class ClientConfig:
 
 
 FAULT_KINDS = ("nan", "inf", "huge", "shape", "dtype")
+BATCHED_MODES = ("auto", "on", "off")
 
 
 def _check_faults(faults: Mapping[str, Any]) -> None:

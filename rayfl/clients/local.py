@@ -115,19 +115,29 @@ class LocalTrainer:
         (w_version, or the newest model with ``staleness: nominal``) from the client's packed
         ``state`` and the rules' ``server`` broadcast of that version; the mini-batches depend on
         (seed, client_id, version) only. The vector is the (P,) float32 update."""
+        schedule = self.schedule(client_id, version)
+        ctx = self.context(client_id, version, weights, state, server)
+        several = self.local_steps > 1
+        run = self.run(ctx, schedule, last_step=self.last_step)
+        vector = (ctx.start - run.end) / self.local_lr if several else run.grad
+        return Result(vector.to("cpu", torch.float32).numpy(), run.losses[0], run.state, run.report)
+
+    def schedule(self, client_id: int, version: int) -> list[np.ndarray]:
+        """K-async: the sample indices of the job's E mini-batches, each min(B, n_i) samples
+        drawn without replacement from (seed, BATCH, client_id, version)."""
         own = self.own(client_id)
         rng = seeding.rng(self.seed, seeding.BATCH, client_id, version)
         size = min(self.batch_size, own.size)
         # ascending reads are kinder to the page cache; the order does not change a mean
-        schedule = [
+        return [
             np.sort(own[rng.choice(own.size, size=size, replace=False)])
             for _ in range(self.local_steps)
         ]
-        ctx = self.context(client_id, version, weights, state, server)
-        several = self.local_steps > 1
-        run = self.run(ctx, schedule, last_step=several or self._finishes or self._reports)
-        vector = (ctx.start - run.end) / self.local_lr if several else run.grad
-        return Result(vector.to("cpu", torch.float32).numpy(), run.losses[0], run.state, run.report)
+
+    @property
+    def last_step(self) -> bool:
+        """K-async: whether a job takes its last local step (see :meth:`run`)."""
+        return self.local_steps > 1 or self._finishes or self._reports
 
     def train(
         self,
@@ -183,15 +193,23 @@ class LocalTrainer:
                 task.step(params, grad, ctx.lr, ctx)
                 self._loaded = None  # the model no longer holds ctx.weights
         assert first is not None, "a client without samples"  # partitions give each some
-        end = None
+        end = torch.cat([p.detach().reshape(-1) for p in params]) if last_step else None
+        state, report = self.outcome(ctx, end, len(schedule))
+        return Trained(first, losses, end, state, report)
+
+    def outcome(
+        self, ctx: TaskContext, end: torch.Tensor | None, steps: int
+    ) -> tuple[bytes | None, dict[str, np.ndarray] | None]:
+        """The client's new packed state and its checked report after local training from
+        ``ctx.start`` to ``end`` (flat weights; None if the last step was skipped) in
+        ``steps`` steps: the task's ``finish`` and ``report``, where it overrides them."""
         state, report = ctx.state, None
-        if last_step:
-            end = torch.cat([p.detach().reshape(-1) for p in params])
+        if end is not None:
             if self._finishes:
-                state = task.finish(ctx, ctx.start, end, len(schedule))
+                state = self.task.finish(ctx, ctx.start, end, steps)
             if self._reports:
-                report = checked_report(self.where, task.report(ctx, ctx.start, end, len(schedule)))
-        return Trained(first, losses, end, pack(self.where, state), report)
+                report = checked_report(self.where, self.task.report(ctx, ctx.start, end, steps))
+        return pack(self.where, state), report
 
     def context(
         self,

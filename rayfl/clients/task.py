@@ -34,7 +34,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -110,6 +110,14 @@ class ClientTask:
     """
 
     spec: DataSpec
+
+    batchable: ClassVar[bool] = False
+    """True declares that ``batch`` and ``loss`` can run under ``torch.func.vmap`` over a worker's
+    jobs (``client.batched``, :mod:`rayfl.clients.batched`): ``batch`` returns one tensor of
+    inputs and one of targets, of the same shapes for every mini-batch of B samples, and
+    ``loss`` only calls ``model(inputs)`` (no other use of the module, no ``.item()``, no
+    in-place writes to its inputs). ``gradient`` and ``step`` must stay the defaults. The
+    default task is batched without declaring it."""
 
     def setup(self, spec: DataSpec) -> None:
         """Called once per process, before any other hook, with the run's data set.

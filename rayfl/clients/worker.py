@@ -20,7 +20,9 @@ import numpy as np
 import ray
 import torch
 
-from rayfl.clients.local import LocalTrainer
+from rayfl.clients.batched import BatchedJobs, JobArgs, batched_jobs
+from rayfl.clients.gpu import cap_memory, out_of_memory_as_error
+from rayfl.clients.local import LocalTrainer, Result
 from rayfl.clients.rounds import RoundClients, RoundUpdate
 from rayfl.clients.shipped import build_task
 from rayfl.clients.task import DataSpec
@@ -46,10 +48,13 @@ class ClientWorker:
         gpu_ids = ray.get_gpu_ids()
         if gpu_ids and torch.cuda.is_available():
             self.device = torch.device("cuda")
+            cap_memory(self.device, cfg.client.num_gpus)  # its share, not the whole GPU
         else:
             self.device = torch.device("cpu")
             torch.set_num_threads(max(1, math.floor(cfg.client.num_cpus) or 1))
         self.trainer: LocalTrainer | None = None
+        self.batched: BatchedJobs | None = None  # client.batched, where it applies
+        self.compute_path = "one job at a time"  # which path and why, in info()
         # One compute thread: jobs run one at a time, in the order they were submitted.
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1)
         self._trim_heap = HeapTrimmer()  # a worker lives for the whole run (rayfl.heap)
@@ -86,30 +91,45 @@ class ClientWorker:
         )
         if cfg.mode == "sync":
             self._rounds = RoundClients(self.trainer, cfg)
+            self.compute_path = "one job at a time: synchronous rounds"
+        else:
+            with out_of_memory_as_error(self.device, cfg.client, 2):  # its check runs 2 jobs
+                self.batched, self.compute_path = batched_jobs(
+                    self.trainer, cfg.client.batched, cfg.client.max_batch_jobs
+                )
         return self.info()
 
-    def _update(
-        self,
-        job: Job,
-        weights: np.ndarray,
-        state: bytes | None = None,
-        server: dict[str, np.ndarray] | None = None,
-    ) -> Update:
-        if self.trainer is None:
+    def _updates(self, jobs: list[tuple[Job, JobArgs]]) -> list[Update]:
+        """The Updates of ``jobs``, each with the arguments it computes from: all at once where
+        ``client.batched`` applies, else one at a time."""
+        trainer = self.trainer
+        if trainer is None:
             # Ray restarted this worker and delivered a call queued while it was down before the
             # server's attach(): the server re-runs the batch elsewhere and attaches it again.
             raise NotAttachedError(f"client worker {self.index} holds no data: attach() first")
-        vector, loss, state, report = self.trainer.update(
-            job.client_id, job.version, weights, state, server
-        )
+        batched = self.batched if len(jobs) > 1 else None
+        with out_of_memory_as_error(self.device, self.cfg.client, len(jobs) if batched else 1):
+            if batched is not None:
+                results = batched.compute([args for _, args in jobs])
+            else:
+                results = [trainer.update(*args) for _, args in jobs]
+        self._trim_heap()
+        return [self._made(job, result) for (job, _), result in zip(jobs, results, strict=True)]
+
+    @staticmethod
+    def _args(job: Job, weights: Any, states: dict[int, bytes], server: Any) -> JobArgs:
+        return JobArgs(job.client_id, job.version, weights, states.get(job.client_id), server)
+
+    def _made(self, job: Job, result: Result) -> Update:
+        vector, loss, state, report = result
         if job.client_id in self._faulty:
             vector = corrupt(vector, self._fault_kind)
-        self._trim_heap()
         return Update(job.client_id, job.version, vector, loss, self.index, state, report)
 
     def info(self) -> dict[str, Any]:
         """Where this worker runs: node id, pid, device, assigned GPU ids, and what its float
-        results depend on (:func:`rayfl.environment.fingerprint`: versions, CPU, threads)."""
+        results depend on (:func:`rayfl.environment.fingerprint`: versions, CPU, threads; and
+        whether it computes jobs batched, ``client.batched``)."""
         from rayfl.environment import fingerprint
 
         ctx = ray.get_runtime_context()
@@ -119,7 +139,8 @@ class ClientWorker:
             "pid": os.getpid(),
             "device": str(self.device),
             "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
-            "environment": fingerprint(),
+            # the compute path changes the last bits too (rayfl.clients.batched)
+            "environment": {**fingerprint(), "client_compute": self.compute_path},
         }
 
     # The calls made for every job (and, below, every round) send no task events to the GCS: a
@@ -139,8 +160,10 @@ class ClientWorker:
         ``server`` the rules' broadcast with w_v if they make one (``Rule.broadcast``)."""
         if delay_s > 0:
             await asyncio.sleep(delay_s)  # injected straggler delay: others compute meanwhile
+        args = JobArgs(job.client_id, job.version, weights, state, server)
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._update, job, weights, state, server)
+        updates = await loop.run_in_executor(self._executor, self._updates, [(job, args)])
+        return updates[0]
 
     @ray.method(enable_task_events=False)
     async def compute_batch(
@@ -164,13 +187,8 @@ class ClientWorker:
         models = weights[: len(weights) - servers]
         broadcasts = weights[len(models) :] if servers else [None] * len(models)
 
-        def work() -> list[Update]:
-            return [
-                self._update(job, models[i], states.get(job.client_id), broadcasts[i])
-                for job, i in jobs
-            ]
-
-        return await loop.run_in_executor(self._executor, work)
+        work = [(job, self._args(job, models[i], states, broadcasts[i])) for job, i in jobs]
+        return await loop.run_in_executor(self._executor, self._updates, work)
 
     # --- synchronous rounds: what leaves a worker is only what these methods return ---
 
