@@ -37,6 +37,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 ROW_GROUP_ROWS = 16_384  # rows per Parquet row group
+READ_RETRIES = 20  # listings of the parts a reader tries while a writer merges them
 _PART = re.compile(r"^part-g(\d{6})-(\d{8})-(\d{8})\.parquet$")
 _GENERATION = b"rayfl.partlog.generation"
 
@@ -136,10 +137,18 @@ class PartLog:
     # --- reading -------------------------------------------------------------------------------
 
     def table(self) -> pa.Table:
-        """The whole table: the compacted file, then the parts in append order."""
-        tables = [pq.read_table(self.path)] if self.path.is_file() else []
-        tables += [pq.read_table(p) for _, _, p in self._parts()]
-        return unify(tables)
+        """The whole table: the compacted file, then the parts in append order.
+
+        Safe to call while a run writes: a merge or compaction that deletes a part between the
+        listing and the read makes it list again (the merged part or the file holds its rows)."""
+        for _ in range(READ_RETRIES):
+            try:
+                tables = [pq.read_table(self.path)] if self.path.is_file() else []
+                tables += [pq.read_table(p) for _, _, p in self._parts()]
+                return unify(tables)
+            except FileNotFoundError:
+                continue
+        raise RuntimeError(f"{self.path}: its parts kept changing while being read; retry")
 
     def rows(self) -> list[dict[str, Any]]:
         """The rows as dicts without their null entries (as they were written)."""

@@ -87,3 +87,35 @@ def test_empty_logs(tmp_path, n):
     assert log.rows() == [] and not log.exists()
     log.compact()
     assert not (tmp_path / "m.parquet").exists()
+
+
+def test_a_reader_sees_a_prefix_while_a_writer_merges_parts(tmp_path):
+    """Reading a run's table while it is written (a user watching metrics.parquet, a test waiting
+    for rows): a merge deleting a part between the reader's listing and its read is retried."""
+    import threading
+    import time
+
+    path = tmp_path / "m.parquet"
+    writer_log, reader_log = PartLog(path), PartLog(path)
+    done = threading.Event()
+
+    def write() -> None:  # an append every few ms: a run flushes at most every 5 s
+        for start in range(0, 3000, 5):
+            writer_log.append(rows(start, start + 5))
+            time.sleep(0.003)
+        done.set()
+
+    thread = threading.Thread(target=write)
+    thread.start()
+    seen = 0
+    try:
+        while not done.is_set():
+            if not reader_log.exists():
+                continue
+            got = reader_log.table().column("iteration").to_pylist()
+            assert got == list(range(len(got)))  # a prefix, never a duplicate or a gap
+            assert len(got) >= seen
+            seen = len(got)
+    finally:
+        thread.join()
+    assert seen > 0
