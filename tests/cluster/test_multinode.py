@@ -369,7 +369,9 @@ def test_a_run_survives_losing_a_worker_node(local_cluster, tmp_path):
 def test_a_node_that_joins_mid_run_gets_workers(local_cluster, tmp_path):
     """With client.num_workers unset the pool is what the cluster's CPUs fit (the server actor
     takes 0 CPUs, a worker 1). `local.sh add` joins a node mid-run: the server starts a worker on
-    it (it looks every GROW_EVERY_S), which then computes updates, and no job is lost.
+    it (it looks every GROW_EVERY_S), which then computes updates, and no job is lost. The run is
+    long (real clock with injected delays); it is stopped with SIGTERM as soon as the new worker's
+    updates are on disk, so the test takes what the node's start takes, not the whole run.
 
     Last in the module: it leaves the cluster a node bigger. It runs after the node-loss test, so
     the pool starts from the CPUs of the nodes alive now."""
@@ -377,15 +379,14 @@ def test_a_node_that_joins_mid_run_gets_workers(local_cluster, tmp_path):
     before = int(sum(n["Resources"].get("CPU", 0) for n in nodes if n["Alive"]))
     assert before >= 1, nodes
     run_dir, log = tmp_path / "run", tmp_path / "run.log"
-    # The real clock with injected delays: the run takes >= ~3 minutes however fast the machine,
-    # long enough for the node to start and the server to put a worker on it.
     args = ["run", "tiny", "--address", local_cluster["address"], "-o", str(run_dir)]
-    args += ["--no-progress", "--no-plot", "--set", "iterations=120"]
+    args += ["--no-progress", "--no-plot", "--set", "iterations=2000"]
     args += ["--set", "clock.kind=real", "--set", "clock.time_scale=0.5"]
     proc = _start_cli(args, log, local_cluster)
+    updates = PartLog(run_dir / "updates.parquet")
     try:
         deadline = time.monotonic() + 300
-        while not PartLog(run_dir / "metrics.parquet").exists():  # the run is under way
+        while not updates.exists():  # the run is under way
             assert proc.poll() is None, log.read_text()[-3000:]
             assert time.monotonic() < deadline, "the run never started"
             time.sleep(0.5)
@@ -397,24 +398,25 @@ def test_a_node_that_joins_mid_run_gets_workers(local_cluster, tmp_path):
             timeout=900,
         )
         assert add.returncode == 0, add.stderr[-3000:]
-        assert proc.poll() is None, "the run ended before the node joined: make it longer"
-        proc.wait(timeout=900)
+        deadline = time.monotonic() + 300
+        while before not in set(updates.table().column("worker").to_pylist()):
+            assert proc.poll() is None, "the run ended before the new worker computed updates"
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(1.0)
+        proc.send_signal(signal.SIGTERM)  # stops like Ctrl-C: summary, metrics, checkpoint
+        proc.wait(timeout=300)
     finally:
         if proc.poll() is None:
             proc.kill()
     text = log.read_text()
-    assert proc.returncode == 0, text[-3000:]
+    assert proc.returncode == 143, text[-3000:]
     assert "the cluster grew: starting 1 more client workers" in text
 
-    [new_node] = [
-        n["NodeID"] for n in _nodes(local_cluster) if n["Alive"] and "node_c" in n["Resources"]
-    ]
-    summary, metrics, updates = _read(run_dir)
-    assert summary["status"] == "finished"
-    assert summary["num_workers"] == before + 1
-    assert new_node in summary["worker_nodes"]
-    assert len(summary["worker_nodes"]) == before + 1
-    assert before in {u["worker"] for u in updates}  # the new worker (index `before`) did jobs
-    assert summary["jobs_lost"] == 0
-    assert [r["iteration"] for r in metrics] == list(range(120))
-    assert summary["updates_aggregated"] == sum(r["agg/k"] for r in metrics) == len(updates)
+    assert [n for n in _nodes(local_cluster) if n["Alive"] and "node_c" in n["Resources"]]
+    summary, metrics, rows = _read(run_dir)
+    assert summary["status"] == "interrupted"
+    assert before in {u["worker"] for u in rows}  # the new worker (index `before`) did jobs
+    assert [r["iteration"] for r in metrics] == list(range(len(metrics)))
+    keys = [(u["iteration"], u["client_id"]) for u in rows]
+    assert len(keys) == len(set(keys))
+    assert sum(r["agg/k"] for r in metrics) == len(rows)  # every logged iteration's updates
