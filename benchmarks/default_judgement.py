@@ -25,10 +25,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "docs" / "results" / "default_judgement"
 JUDGE = "aggregation.control.judgement"
-VARIANTS = {
-    "shipped": [],
-    "scaled": [f"{JUDGE}.eval_every=12"],
+VARIANTS = {  # the proposed one first, so a stopped run has what matters
     "late": [f"{JUDGE}.eval_every=12", f"{JUDGE}.t_min_fraction=0.5"],
+    "scaled": [f"{JUDGE}.eval_every=12"],
+    "shipped": [],
 }
 
 
