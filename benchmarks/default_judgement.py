@@ -7,11 +7,12 @@ between evaluations the EWMAs of eq. 3 and 4 remember about 500 iterations, clos
 D_t falls under eps_m only on a long plateau, so judgement either never starts or starts on the
 early plateau and then holds the model back. The variants scale the schedule to T = 1,200
 (eval_every 12 = 50 x 1200 / 5000) and start later (t_min_fraction 0.5), which the spec allows
-(both are its parameters; the rule is unchanged).
+(both are its parameters; the rule is unchanged); each also with x / 255 inputs (``unit``), the
+input scaling of the paper-scale profiles.
 
 Each run's numbers are kept under ``docs/results/default_judgement/`` (resumable).
 
-    python benchmarks/default_judgement.py [--seeds 0 1 2] [--variants shipped,scaled,late]
+    python benchmarks/default_judgement.py [--seeds 0 1 2] [--variants late-unit,shipped-unit,late,shipped]
 """
 
 from __future__ import annotations
@@ -25,9 +26,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "docs" / "results" / "default_judgement"
 JUDGE = "aggregation.control.judgement"
+LATE = [f"{JUDGE}.eval_every=12", f"{JUDGE}.t_min_fraction=0.5"]
+UNIT = ["data.normalize=unit"]  # x / 255, as the paper-scale profiles (benchmarks/input_scaling.py)
 VARIANTS = {  # the proposed one first, so a stopped run has what matters
-    "late": [f"{JUDGE}.eval_every=12", f"{JUDGE}.t_min_fraction=0.5"],
-    "scaled": [f"{JUDGE}.eval_every=12"],
+    "late-unit": [*LATE, *UNIT],
+    "shipped-unit": UNIT,
+    "late": LATE,
     "shipped": [],
 }
 
