@@ -19,8 +19,9 @@ own data that the two paths agree.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -202,6 +203,19 @@ def batched_jobs(trainer: LocalTrainer, mode: str, max_jobs: int) -> tuple[Batch
     return None, f"one job at a time: {reason}"
 
 
+@contextlib.contextmanager
+def ieee_float32() -> Iterator[None]:
+    """cuDNN convolutions in IEEE float32 for the body: by default they round to TF32 on Ampere
+    and later GPUs (10-bit mantissas), which would put the two paths about 1e-3 apart and hide
+    a real difference behind rounding. No effect on CPU."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 def probe(trainer: LocalTrainer, batched: BatchedJobs) -> str | None:
     """Runs jobs of client 0 both ways, on one shared version and on two versions: None if the
     batched results agree with the one-job path's, else why not (what torch.func raised, or how
@@ -211,16 +225,17 @@ def probe(trainer: LocalTrainer, batched: BatchedJobs) -> str | None:
     w = get_flat(trainer.model)  # the initial weights
     other = w * np.float32(0.5)  # a second "version" (another array, so another slot)
     for jobs in ([JobArgs(0, 0, w), JobArgs(0, 1, w)], [JobArgs(0, 0, w), JobArgs(0, 1, other)]):
-        try:
-            got = batched.compute(jobs)
-        except (RayflError, torch.cuda.OutOfMemoryError):
-            raise  # the user's task is broken, or the GPU share too small: no reason to fall back
-        except Exception as e:  # whatever torch.func cannot map: data-dependent code, dropout
-            text = str(e).strip()
-            first = text.splitlines()[0] if text else ""
-            return f"torch.func could not map the task's loss ({type(e).__name__}: {first})"
-        for job, result in zip(jobs, got, strict=True):
-            want = trainer.update(*job)
+        with ieee_float32():
+            try:
+                got = batched.compute(jobs)
+            except (RayflError, torch.cuda.OutOfMemoryError):
+                raise  # a broken task, or too small a GPU share: not a reason to fall back
+            except Exception as e:  # whatever torch.func cannot map: data-dependent code, dropout
+                text = str(e).strip()
+                first = text.splitlines()[0] if text else ""
+                return f"torch.func could not map the task's loss ({type(e).__name__}: {first})"
+            wanted = [trainer.update(*job) for job in jobs]
+        for result, want in zip(got, wanted, strict=True):
             scale = float(np.max(np.abs(want.vector))) or 1.0
             diff = float(np.max(np.abs(result.vector - want.vector)))
             if diff > PROBE_RTOL * scale or not np.isclose(result.loss, want.loss, rtol=PROBE_RTOL):
