@@ -38,11 +38,17 @@ def out_of_memory_as_error(device: torch.device, cfg: ClientConfig, jobs: int) -
             raise
         torch.cuda.empty_cache()
         total = torch.cuda.get_device_properties(device).total_memory / GIB
-        share = total * min(1.0, cfg.num_gpus or 1.0)
-        raise RayflError(
-            f"client.num_gpus={cfg.num_gpus}: the worker's {share:.1f} GiB of the GPU's "
-            f"{total:.1f} GiB ran out computing {jobs} job(s) at once (client.batch_size="
-            f"{cfg.batch_size}, client.local_steps={cfg.local_steps}, client.max_batch_jobs="
-            f"{cfg.max_batch_jobs}): raise client.num_gpus (fewer workers per GPU) or lower "
-            "client.max_batch_jobs or client.batch_size"
-        ) from None
+        raise RayflError(out_of_memory_message(cfg, jobs, total)) from None
+
+
+def out_of_memory_message(cfg: ClientConfig, jobs: int, total_gib: float) -> str:
+    """The one line for ``jobs`` jobs at once that ran out of a worker's share of a
+    ``total_gib`` GiB GPU."""
+    share = total_gib * min(1.0, cfg.num_gpus or 1.0)
+    return (
+        f"client.num_gpus={cfg.num_gpus}: the worker's {share:.1f} GiB of the GPU's "
+        f"{total_gib:.1f} GiB ran out computing {jobs} job(s) at once (client.batch_size="
+        f"{cfg.batch_size}, client.local_steps={cfg.local_steps}, client.max_batch_jobs="
+        f"{cfg.max_batch_jobs}): raise client.num_gpus (fewer workers per GPU) or lower "
+        "client.max_batch_jobs or client.batch_size"
+    )

@@ -219,3 +219,17 @@ def test_a_run_with_batched_workers_gives_the_same_model(ray_session, tmp_path):
     for mode, path in (("off", "one job at a time: client.batched=off"), ("on", "batched")):
         env = json.loads((runs[mode].run_dir / "summary.json").read_text())["environment"]
         assert [g["client_compute"] for g in env["workers"]] == [path]
+
+
+def test_gpu_helpers_are_no_ops_on_cpu_and_the_oom_line_names_the_fields():
+    from rayfl.clients.gpu import cap_memory, out_of_memory_as_error, out_of_memory_message
+    from rayfl.config import ClientConfig
+
+    cpu = torch.device("cpu")
+    cap_memory(cpu, 0.25)  # nothing to cap
+    cfg = ClientConfig(num_gpus=0.25, batch_size=16, max_batch_jobs=8)
+    with pytest.raises(torch.cuda.OutOfMemoryError), out_of_memory_as_error(cpu, cfg, 8):
+        raise torch.cuda.OutOfMemoryError("not a CUDA worker: raised as it came")
+    line = out_of_memory_message(cfg, 8, 140.0)
+    assert "\n" not in line and line.startswith("client.num_gpus=0.25: the worker's 35.0 GiB")
+    assert "8 job(s) at once" in line and "client.max_batch_jobs=8" in line
