@@ -14,6 +14,7 @@ import numpy as np
 
 from rayfl import seeding
 from rayfl.config import ClockConfig
+from rayfl.exponential import exponentials
 
 
 class SpeedModel:
@@ -36,3 +37,13 @@ class SpeedModel:
         """d for the job (client_id, version): virtual time units, > 0."""
         x = seeding.rng(self.seed, seeding.DURATION, client_id, version).exponential()
         return float(self.speed[client_id] * self.work * (1.0 + x) + self.comm)
+
+    def durations(self, client_ids: np.ndarray, versions: np.ndarray | int) -> np.ndarray:
+        """``(n,)`` float64: :meth:`duration` of each job (client_ids[j], versions[j]), the same
+        bits, ~1 us a job instead of ~25 (:mod:`rayfl.exponential`); for dispatching
+        millions of clients at once."""
+        client_ids = np.asarray(client_ids, dtype=np.int64)
+        versions = np.broadcast_to(np.asarray(versions, dtype=np.int64), client_ids.shape)
+        x = exponentials(self.seed, seeding.DURATION, client_ids, versions)
+        # the same operations in the same order as duration(): the same float64 bits
+        return self.speed[client_ids] * self.work * (1.0 + x) + self.comm
