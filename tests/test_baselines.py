@@ -191,6 +191,23 @@ def test_a_diverging_run_stops_in_one_line_and_keeps_its_rows(
         assert len(rows) >= 1
 
 
+def test_a_k_async_run_that_diverges_mid_chunk_keeps_the_chunks_earlier_rows(
+    ray_session, tmp_path, capsys
+):
+    """The server runs 10 iterations per call: a NaN model at iteration 13 ends the run there,
+    with iterations 0-12 in metrics.parquet and updates.parquet (10-12 are of the failing call)."""
+    out = tmp_path / "diverged"
+    sets = [*ASYNC, "aggregation.optimizer=user_rules:nan_at", "checkpoint_every=0"]
+    code = main(["run", "kasync", "--output", str(out), *(a for s in sets for a in ("--set", s))])
+    err = capsys.readouterr().err
+    assert code != 0 and "iteration 13: the model diverged" in err, err
+    assert json.loads((out / "summary.json").read_text())["status"] == "failed"
+    metrics = pq.read_table(out / "metrics.parquet").to_pandas()
+    assert metrics["iteration"].tolist() == list(range(13))
+    updates = pq.read_table(out / "updates.parquet").to_pandas()
+    assert sorted(updates["iteration"].unique()) == list(range(13))
+
+
 @pytest.mark.parametrize(
     ("argv", "needle"),
     [

@@ -72,8 +72,10 @@ class KAsyncEngine:
             self._calls.pop(0)
             if kind == "checkpoint":
                 yield Chunk(checkpoint=value)
-            else:
-                yield Chunk(value["metrics"], value["updates"])
+                continue
+            yield Chunk(value["metrics"], value["updates"])
+            if "error" in value:  # the rows before it are logged; the run ends with it
+                raise value["error"]
 
     def _request(self) -> None:
         """Asks for the next chunk (cut at the next checkpoint), and that checkpoint."""

@@ -284,10 +284,15 @@ class KAsyncServer:
             # workers mostly idle. The window does not change any result.
             workers = len(self.scheduler.workers)
             self.queue.lookahead = max(self.queue.lookahead, 4 * workers)
-        while self.t < end:
-            row, ups = self.iterate()
-            rows.append(row)
-            updates.extend(ups)
+        try:
+            while self.t < end:
+                row, ups = self.iterate()
+                rows.append(row)
+                updates.extend(ups)
+        except RayflError as e:
+            # A run-ending error (a diverged model, updates broken in a row): the iterations of
+            # this chunk before it still reach the metrics; the driver raises it after them.
+            return {"metrics": rows, "updates": updates, "error": e}
         self._trim_heap()
         return {"metrics": rows, "updates": updates}
 
