@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -192,10 +193,11 @@ def test_a_diverging_run_stops_in_one_line_and_keeps_its_rows(
 
 
 def test_a_k_async_run_that_diverges_mid_chunk_keeps_the_chunks_earlier_rows(
-    ray_session, tmp_path, capsys
+    ray_session, tmp_path, capsys, monkeypatch
 ):
     """The server runs 10 iterations per call: a NaN model at iteration 13 ends the run there,
     with iterations 0-12 in metrics.parquet and updates.parquet (10-12 are of the failing call)."""
+    monkeypatch.syspath_prepend(str(Path(__file__).parent / "fixtures"))  # user_rules
     out = tmp_path / "diverged"
     sets = [*ASYNC, "aggregation.optimizer=user_rules:nan_at", "checkpoint_every=0"]
     code = main(["run", "kasync", "--output", str(out), *(a for s in sets for a in ("--set", s))])
