@@ -36,6 +36,7 @@ from rayfl.heap import HeapTrimmer
 from rayfl.models import build_model, get_flat, set_flat
 from rayfl.server.aggregate import Aggregate, aggregate, check_finite, check_update, update_rows
 from rayfl.server.clock import RealQueue, VirtualQueue
+from rayfl.server.compactqueue import LiveArrays
 from rayfl.server.sampling import IdleClientSampler
 from rayfl.server.scheduler import JobScheduler
 from rayfl.server.versions import VersionStore
@@ -102,15 +103,15 @@ class KAsyncServer:
         if restore is None:
             # every client starts on w_0, or C of them with bounded concurrency
             starting = (
-                range(cfg.data.num_clients) if self.sampler is None else self.sampler.initial()
+                np.arange(cfg.data.num_clients)
+                if self.sampler is None
+                else np.array(self.sampler.initial(), dtype=np.int64)
             )
-            for client_id in starting:
-                self._dispatch(client_id, 0)
+            self._dispatch_many(starting, 0)
         else:
             self.updates_aggregated = restore["updates_aggregated"]
             self.started_at -= restore["wall_s"]
-            for job in restore["jobs"]:
-                self._redispatch(job)
+            self._redispatch(LiveArrays.from_state(restore["jobs"]))
         self.queue.top_up()
         return self.describe()
 
@@ -169,11 +170,11 @@ class KAsyncServer:
         ``write_checkpoint`` resolves), the rule and control states (momentum, adaptive K,
         judgement's EWMA, momentum's g_{t-1}), the server optimizer's state, the clients' states
         (a live job was submitted, or will be, with its client's stored state), the counters,
-        and the live jobs (the virtual clock's heap). Every random draw in the engine is a pure
+        and the live jobs (three flat arrays). Every random draw in the engine is a pure
         function of (seed, stream, client, version), so no generator state needs saving.
         """
-        jobs = sorted(self.queue.current.values())
-        held = sorted({j.version for j in jobs} | {self.t})
+        jobs = self.queue.live_jobs()  # arrays: no object per client
+        held = sorted(set(np.unique(jobs.version).tolist()) | {self.t})
         return {
             "format": CHECKPOINT_FORMAT,
             "t": self.t,
@@ -194,7 +195,7 @@ class KAsyncServer:
             "updates_aggregated": self.updates_aggregated,
             "wall_s": time.perf_counter() - self.started_at,
             "now": self.queue.now,
-            "jobs": [(j.finish, j.client_id, j.version) for j in jobs],
+            "jobs": jobs.state(),
             # ObjectRefs, not arrays: the caller gets the versions straight from the object store
             # (write_checkpoint), instead of one big object of a different size each time,
             # which fragments the store so that it keeps taking fresh pages.
@@ -234,15 +235,29 @@ class KAsyncServer:
             self.versions.put(v, w, broadcasts.get(v))
         self._restored_now = state["now"]
 
-    def _redispatch(self, job: tuple[float, int, int]) -> None:
-        """Puts a checkpointed live job back in flight (same finish time on the virtual clock)."""
-        finish, client_id, version = job
-        self.versions.acquire(version)
-        restored = self.queue.restore(Job(finish, client_id, version), self._restored_now)
-        if self.controls:
-            heapq.heappush(self._by_version, (version, client_id, restored.finish))
+    def _redispatch(self, jobs: LiveArrays) -> None:
+        """Puts checkpointed live jobs back in flight (same finish times on the virtual clock)."""
+        for version, count in zip(*np.unique(jobs.version, return_counts=True), strict=True):
+            for _ in range(int(count)):
+                self.versions.acquire(int(version))
+        finish = self.queue.restore_many(jobs, self._restored_now)
+        self._by_version_add(jobs.client, jobs.version, finish)
 
     # --- jobs ---------------------------------------------------------------------------------
+
+    def _dispatch_many(self, client_ids: np.ndarray, version: int) -> None:
+        """Starts many jobs on ``version`` at once, vectorised (every client on w_0)."""
+        self.jobs_dispatched += client_ids.size
+        for _ in range(client_ids.size):
+            self.versions.acquire(version)
+        finish = self.queue.dispatch_many(client_ids, version)
+        self._by_version_add(client_ids, version, finish)
+
+    def _by_version_add(self, clients: np.ndarray, versions: Any, finish: np.ndarray) -> None:
+        if self.controls:  # remodel's index of (version, client, finish)
+            versions = np.broadcast_to(versions, clients.shape).tolist()
+            self._by_version.extend(zip(versions, clients.tolist(), finish.tolist(), strict=True))
+            heapq.heapify(self._by_version)
 
     def _dispatch(self, client_id: int, version: int) -> None:
         self.jobs_dispatched += 1
