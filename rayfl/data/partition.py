@@ -1,7 +1,9 @@
 """Splitting a labelled training set across federated clients.
 
 A partition is a :class:`Partition`: the clients' sample indices concatenated into one int64
-array plus CSR offsets, so that 100,000 clients cost two arrays, not 100,000 small ones. Kinds:
+array plus CSR offsets, so that 100,000 clients cost two arrays, not 100,000 small ones (the
+shards split computes them on demand from its deal instead, :mod:`rayfl.data.compact`: ~8 bytes
+per client whatever the shard size). Kinds:
 
 - ``iid``: a random permutation cut into near-equal parts.
 - ``dirichlet``: label skew, per class proportions over clients drawn from Dir(alpha)
@@ -29,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from rayfl import seeding
+from rayfl.data.compact import EvenOffsets, ShardIndices
 from rayfl.errors import DataError
 from rayfl.registry import check_params, resolve
 from rayfl.validation import check_int, fail, is_int, is_real
@@ -46,10 +49,18 @@ class Partition:
         ([0, 2, 3], [7], [2, 1])
     """
 
-    indices: np.ndarray  # (total,) int64: the sample indices of client 0, then client 1, ...
-    offsets: np.ndarray  # (num_clients + 1,) int64: client i holds indices[offsets[i]:offsets[i+1]]
+    # (total,) int64: the sample indices of client 0, then client 1, ...; or, for the shards
+    # split, a ShardIndices that computes any slice of that array on demand
+    indices: np.ndarray | ShardIndices
+    # (num_clients + 1,) int64: client i holds indices[offsets[i]:offsets[i+1]] (EvenOffsets
+    # when every client holds as many)
+    offsets: np.ndarray | EvenOffsets
 
     def __post_init__(self) -> None:
+        if isinstance(self.indices, ShardIndices) and isinstance(self.offsets, EvenOffsets):
+            if self.offsets[-1] != self.indices.size:  # valid by construction otherwise
+                raise ValueError("Partition.offsets must end at len(indices)")
+            return
         for field in ("indices", "offsets"):
             a = np.asarray(getattr(self, field))
             if a.ndim != 1 or not (np.issubdtype(a.dtype, np.integer) or a.size == 0):
@@ -79,6 +90,8 @@ class Partition:
 
     def sizes(self) -> np.ndarray:
         """``(num_clients,)`` int64: the number of samples each client holds."""
+        if isinstance(self.offsets, EvenOffsets):  # without the (N + 1,) offsets
+            return np.full(self.num_clients, self.offsets.step, dtype=np.int64)
         return np.diff(self.offsets)
 
     @classmethod
@@ -188,12 +201,13 @@ def shards(
             )
     shard_size = _check_positive_int(shard_size, "data.shard_size")
     by_label = np.argsort(labels, kind="stable")  # (N,)
-    starts = np.arange(num_shards, dtype=np.int64) * labels.size // num_shards  # (S,)
-    pos = (starts[:, None] + np.arange(shard_size, dtype=np.int64)[None, :]) % labels.size
     dealt = rng.permutation(num_shards)  # client i gets shards dealt[i*spc:(i+1)*spc]
-    indices = by_label[pos[dealt].reshape(-1)]  # (S * shard_size,)
-    offsets = np.arange(num_clients + 1, dtype=np.int64) * (shards_per_client * shard_size)
-    return Partition(indices=indices, offsets=offsets)
+    if num_shards < 2**31:
+        dealt = dealt.astype(np.int32)  # 4 bytes a shard: what the partition keeps per client
+    # Shard j starts at j * N // S and runs shard_size entries, wrapping: computed when a
+    # client's slice is read (ShardIndices), not stored (S * shard_size int64 entries).
+    indices = ShardIndices(by_label, dealt, shard_size)
+    return Partition(indices, EvenOffsets(num_clients, shards_per_client * shard_size))
 
 
 def paper(
