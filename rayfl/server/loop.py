@@ -254,9 +254,20 @@ class KAsyncServer:
         self._by_version_add(client_ids, version, finish)
 
     def _by_version_add(self, clients: np.ndarray, versions: Any, finish: np.ndarray) -> None:
-        if self.controls:  # remodel's index of (version, client, finish)
-            versions = np.broadcast_to(versions, clients.shape).tolist()
-            self._by_version.extend(zip(versions, clients.tolist(), finish.tolist(), strict=True))
+        if not self.controls:
+            return
+        # remodel's index of (version, client, finish): a heap, built at once at the start
+        entries = zip(
+            np.broadcast_to(versions, clients.shape).tolist(),
+            clients.tolist(),
+            finish.tolist(),
+            strict=True,
+        )
+        if 8 * clients.size < len(self._by_version):  # a few: O(K log N), not O(N)
+            for entry in entries:
+                heapq.heappush(self._by_version, entry)
+        else:
+            self._by_version.extend(entries)
             heapq.heapify(self._by_version)
 
     def _dispatch(self, client_id: int, version: int) -> None:
@@ -425,8 +436,7 @@ class KAsyncServer:
             starting = [u.client_id for u in updates]  # every client always trains
         else:  # bounded concurrency: as many idle clients as updates were taken start
             starting = self.sampler.next(self.t, len(updates), self.queue.current)
-        for client_id in starting:
-            self._dispatch(client_id, self.t)
+        self._dispatch_many(np.array(starting, dtype=np.int64), self.t)  # K durations at once
         for client_id in decision.resend:
             old = self.queue.drop(client_id)
             if old is not None:
