@@ -160,11 +160,12 @@ QUICK: dict[str, tuple[str, ...]] = {
     "paper": ("data.num_clients=40",),  # K = 10: mean staleness ~3
     "stale": ("data.num_clients=200",),  # K = 10: mean staleness ~19
     # control-rule sizes for the short run, so that each rule acts: the decay of K spread over
-    # QUICK_T (rho * 5000 / T) from a loss the MLP reaches (eps_k = 1), remodel bounds at about
+    # QUICK_T (rho * 5000 / T) from a loss the MLP reaches (eps_k = 2: on the profiles' x / 255
+    # inputs its loss falls from 2.3 to ~1.2-1.5 in 100 iterations), remodel bounds at about
     # the quick profiles' staleness, judgement's sparse evaluation as often as eval.every
     "adaptive_k": (
         f"aggregation.control.adaptive_k.rho={0.0005 * PAPER_T / QUICK_T:g}",
-        "aggregation.control.adaptive_k.eps_k=1.0",
+        "aggregation.control.adaptive_k.eps_k=2.0",
     ),
     "remodel/paper": ("aggregation.control.remodel.eps_r=6",),
     "remodel/stale": ("aggregation.control.remodel.eps_r=10",),
