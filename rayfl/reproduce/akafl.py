@@ -160,13 +160,13 @@ QUICK: dict[str, tuple[str, ...]] = {
     "paper": ("data.num_clients=40",),  # K = 10: mean staleness ~3
     "stale": ("data.num_clients=200",),  # K = 10: mean staleness ~19
     # control-rule sizes for the short run, so that each rule acts: the decay of K spread over
-    # QUICK_T (rho * 5000 / T) from a loss the MLP reaches (eps_k = 2: on the profiles' x / 255
-    # inputs its loss falls from 2.3 to ~1.2-1.5 in 100 iterations), remodel bounds at about
-    # the quick profiles' staleness, judgement's sparse evaluation as often as eval.every
-    "adaptive_k": (
-        f"aggregation.control.adaptive_k.rho={0.0005 * PAPER_T / QUICK_T:g}",
-        "aggregation.control.adaptive_k.eps_k=2.0",
-    ),
+    # QUICK_T (rho * 5000 / T) from a loss the MLP reaches on the paper profile (eps_k = 2: on
+    # x / 255 inputs its loss falls from 2.3 to ~1.2-1.5 in 100 iterations; on the stale profile
+    # eps_k = 1 stays out of reach, so the K = 5 / 10 arms keep their K), remodel bounds at
+    # about the quick profiles' staleness, judgement's sparse evaluation as often as eval.every
+    "adaptive_k": (f"aggregation.control.adaptive_k.rho={0.0005 * PAPER_T / QUICK_T:g}",),
+    "adaptive_k/paper": ("aggregation.control.adaptive_k.eps_k=2.0",),
+    "adaptive_k/stale": ("aggregation.control.adaptive_k.eps_k=1.0",),
     "remodel/paper": ("aggregation.control.remodel.eps_r=6",),
     "remodel/stale": ("aggregation.control.remodel.eps_r=10",),
     "judgement": ("aggregation.control.judgement.eval_every=5",),
@@ -257,7 +257,7 @@ def _quick_overrides(arm: Arm) -> list[str]:
     controls = load_config(arm.preset).aggregation.control
     out = [*QUICK["all"], *QUICK[arm.profile]]
     if "adaptive_k" in controls:
-        out += QUICK["adaptive_k"]
+        out += [*QUICK["adaptive_k"], *QUICK[f"adaptive_k/{arm.profile}"]]
     if "remodel" in controls:
         out += QUICK[f"remodel/{arm.profile}"]
     if "judgement" in controls:
