@@ -238,8 +238,7 @@ class KAsyncServer:
     def _redispatch(self, jobs: LiveArrays) -> None:
         """Puts checkpointed live jobs back in flight (same finish times on the virtual clock)."""
         for version, count in zip(*np.unique(jobs.version, return_counts=True), strict=True):
-            for _ in range(int(count)):
-                self.versions.acquire(int(version))
+            self.versions.acquire(int(version), int(count))
         finish = self.queue.restore_many(jobs, self._restored_now)
         self._by_version_add(jobs.client, jobs.version, finish)
 
@@ -248,8 +247,7 @@ class KAsyncServer:
     def _dispatch_many(self, client_ids: np.ndarray, version: int) -> None:
         """Starts many jobs on ``version`` at once, vectorised (every client on w_0)."""
         self.jobs_dispatched += client_ids.size
-        for _ in range(client_ids.size):
-            self.versions.acquire(version)
+        self.versions.acquire(version, int(client_ids.size))
         finish = self.queue.dispatch_many(client_ids, version)
         self._by_version_add(client_ids, version, finish)
 

@@ -56,9 +56,9 @@ class VersionStore:
         got = ((v, self._entries[v][2]) for v in versions)
         return {v: b for v, b in got if b is not None}
 
-    def acquire(self, version: int) -> None:
-        """A job on ``version`` starts."""
-        self._entries[version][1] += 1
+    def acquire(self, version: int, jobs: int = 1) -> None:
+        """``jobs`` jobs on ``version`` start (all N clients at once at the start)."""
+        self._entries[version][1] += jobs
 
     def release(self, version: int, newest: int) -> None:
         """A job on ``version`` ended; frees the version if it was the last and not ``newest``."""
