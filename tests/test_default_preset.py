@@ -1,10 +1,11 @@
-"""The default experiment (`rayfl run`, preset akafl-rj) learns.
+"""The default experiment (`rayfl run`, preset akafl-rj) learns, and its judgement does what it
+is for: reject the occasional bad candidate near convergence, not hold the model back.
 
-The floor is 0.85, not the 0.90 this test asked before: on the 2-core machines of 2026-12-01
-the unchanged preset ends at 0.8784 (judgement activates on the early plateau and keeps the
-previous model for 754 of 1200 iterations), while the same code with two OpenBLAS threads per
-worker ends at 0.9589; the default preset's judgement is the subject of the open issue "The
-papers at their own scale" (item 2), which changes the preset deliberately.
+With the paper-size judgement schedule the quick preset's judgement started on the early chance
+plateau on some CPUs and then kept the previous model for 754 of 1,200 iterations (final
+0.8784); the preset now scales the schedule to T = 1,200 (issue 15, item 2; docs/reproduction.md
+"Judgement in the default run"). This runs the preset as shipped, the same run as the README's
+first command: it is the one test of the full default size.
 """
 
 from __future__ import annotations
@@ -14,10 +15,25 @@ import pytest
 import rayfl
 from rayfl.cli import DEFAULT_PRESET
 
+# "A small share": the paper keeps 138 of 5,000 models (2.8 %); the shipped preset kept 12 of
+# the 181 iterations after judgement started (6.6 %) on this repository's machine. The failure
+# this guards against kept 754 of 1,200.
+MAX_MAINTAINED_SHARE = 0.15
+
 
 @pytest.mark.slow
-def test_default_preset_learns(ray_session, tmp_path):
+def test_default_preset_learns_and_judgement_keeps_a_small_share(ray_session, tmp_path):
     assert DEFAULT_PRESET == "akafl-rj"
     result = rayfl.run(DEFAULT_PRESET, output=tmp_path / "default", progress=False)
-    assert result.summary["iterations"] == result.config.iterations
-    assert result.final_accuracy >= 0.85, result.summary
+    summary = result.summary
+    assert summary["iterations"] == result.config.iterations
+    assert result.final_accuracy >= 0.9, summary
+
+    metrics = result.metrics.to_pandas()
+    active = metrics[metrics["judge/active"] == 1.0]
+    judgement = result.config.aggregation.control["judgement"]
+    earliest = judgement["t_min_fraction"] * result.config.iterations
+    if len(active):  # it may not start at all: then it cannot hold the model back either
+        assert active["iteration"].min() >= earliest
+        assert summary["maintained"] <= MAX_MAINTAINED_SHARE * len(active), summary
+    assert summary["maintained"] == 0 or len(active)

@@ -167,6 +167,9 @@ def overrides(preset: str) -> list[str]:
         out += [f"{control}.remodel.eps_r={max(2, eps_r // 5)}"]  # 20 -> 4, 50 -> 10
     if "judgement" in cfg.aggregation.control:
         out += [f"{control}.judgement.eval_every=4"]  # active from about iteration 7 on
+        if cfg.aggregation.control["judgement"].get("t_min_fraction", 0.2) > 0.2:
+            # the quick akafl-rj starts at 0.6 T: at 16 iterations, as late as the spec's 0.2
+            out += [f"{control}.judgement.t_min_fraction=0.2"]
     return out
 
 
