@@ -1,18 +1,17 @@
 """Judgement in the default run (issue 15, item 2): how the quick AKAFL-RJ preset's judgement
-behaves over seeds, as shipped and with its schedule scaled to the quick size.
+behaves over seeds, as shipped and with the schedule it had before.
 
-The quick preset runs T = 1,200 iterations; judgement's constants are the paper-size ones
-(eval_every 50 before activation, start once D_t < eps_m and t >= 0.2 T). With 50 iterations
-between evaluations the EWMAs of eq. 3 and 4 remember about 500 iterations, close to half the run:
-D_t falls under eps_m only on a long plateau, so judgement either never starts or starts on the
-early plateau and then holds the model back. The variants scale the schedule to T = 1,200
-(eval_every 12 = 50 x 1200 / 5000) and start later (t_min_fraction 0.5), which the spec allows
-(both are its parameters; the rule is unchanged); each also with x / 255 inputs (``unit``), the
-input scaling of the paper-scale profiles.
+The quick preset runs T = 1,200 iterations on x / 255 inputs. Its judgement schedule is scaled to
+that size (evaluate every 12 iterations before activation, 50 x 1200 / 5000; start no earlier
+than 0.6 T and once D_t < 0.005). Before, it had the paper-size schedule (every 50 iterations,
+0.2 T, 0.002) and mean/std inputs: with 50 iterations between evaluations the EWMAs of eq. 3 and
+4 remember about 500 iterations, close to half the run, so judgement either never started or
+started on the early chance plateau and then held the model back. The variants are overrides of
+the shipped preset; the rule is the spec's in all of them.
 
 Each run's numbers are kept under ``docs/results/default_judgement/`` (resumable).
 
-    python benchmarks/default_judgement.py [--seeds 0 1 2] [--variants late-unit,shipped-unit,late,shipped]
+    python benchmarks/default_judgement.py [--seeds 0 1 2] [--variants shipped,late-unit,...]
 """
 
 from __future__ import annotations
@@ -26,16 +25,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "docs" / "results" / "default_judgement"
 JUDGE = "aggregation.control.judgement"
-LATE = [f"{JUDGE}.eval_every=12", f"{JUDGE}.t_min_fraction=0.5"]
-UNIT = ["data.normalize=unit"]  # x / 255, as the paper-scale profiles (benchmarks/input_scaling.py)
-# D_t falls under 0.002 only ~1,200 iterations after the climb: start at 0.6 T on 0.005.
-LATE_LOOSE = [f"{JUDGE}.eval_every=12", f"{JUDGE}.t_min_fraction=0.6", f"{JUDGE}.eps_m=0.005"]
-VARIANTS = {  # the proposed one first, so a stopped run has what matters
-    "late-loose-unit": [*LATE_LOOSE, *UNIT],
-    "late-unit": [*LATE, *UNIT],
-    "shipped-unit": UNIT,
-    "late": LATE,
+# The paper-size schedule the preset had before (spec section 6's constants).
+PAPER_SCHEDULE = [f"{JUDGE}.eval_every=50", f"{JUDGE}.t_min_fraction=0.2", f"{JUDGE}.eps_m=0.002"]
+VARIANTS = {  # the shipped one first, so a stopped run has what matters
     "shipped": [],
+    # the spec's eps_m with a start at 0.5 T: D_t falls under 0.002 only ~1,200 iterations late
+    "late-unit": [f"{JUDGE}.t_min_fraction=0.5", f"{JUDGE}.eps_m=0.002"],
+    "paper-schedule": PAPER_SCHEDULE,
+    "paper-schedule-standard": [*PAPER_SCHEDULE, "data.normalize=standard"],  # the old preset
 }
 
 
