@@ -134,9 +134,10 @@ def _add_reproduce(sub: Any) -> None:
     rp.add_argument(
         "--results",
         metavar="DIR",
-        help="akafl: the per-run results store; a run whose result is there for the same config "
-        "is not run again (default: docs/results/akafl under the current directory, the "
-        "committed results when run in the repository's root; with --quick: OUTPUT/results)",
+        help="akafl and incentive --ablation: the per-run results store; a run whose result is "
+        "there for the same config is not run again (default: docs/results/akafl or "
+        "docs/results/incentive_ablation under the current directory, the committed results "
+        "when run in the repository's root; with --quick: OUTPUT/results)",
     )
     rp.add_argument(
         "--report-only",
@@ -442,6 +443,8 @@ def _akafl_store_options(args: argparse.Namespace) -> dict[str, Any]:
         "report_only": args.report_only,
     }
     given = {key: value for key, value in given.items() if value not in (None, False)}
+    if args.ablation and set(given) == {"results"}:
+        return given  # the ablation keeps its runs in a results store too
     if given and args.name != "akafl":
         flag = "--" + next(iter(given)).replace("_", "-")
         raise RayflError(f"{flag} is for `rayfl reproduce akafl`, not {args.name}: drop it")

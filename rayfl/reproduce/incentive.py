@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -108,9 +108,11 @@ def _experiment_a_on_ray(
     address: str | None,
     progress: bool | None,
     arms: Sequence[Arm] | None = None,
+    **store: Any,
 ) -> tuple[list[dict[str, Any]], dict[str, float]]:
-    """Experiment A's runs, or those of ``arms`` (under ``output / "runs"``), and the Ray
-    cluster's resources; Ray is started if none runs at ``address``, and then shut down again."""
+    """Experiment A's runs, or those of ``arms`` (under ``output / "runs"``; ``store``: the
+    results store hooks of :func:`run_arms`), and the Ray cluster's resources; Ray is started if
+    none runs at ``address``, and then shut down again."""
     from rayfl.runtime.session import ensure_ray
 
     started_ray = ensure_ray(address)
@@ -121,7 +123,7 @@ def _experiment_a_on_ray(
         if arms is None:
             runs = run_experiment_a(output / "runs", n_seeds, rounds, progress=progress)
         else:
-            runs = run_arms(output / "runs", arms, n_seeds, rounds, progress=progress)
+            runs = run_arms(output / "runs", arms, n_seeds, rounds, progress=progress, **store)
     finally:
         if started_ray:
             import ray
@@ -251,13 +253,17 @@ def run_arms(
     *,
     progress: bool | None = None,
     desc: str = "runs",
+    stored: Callable[[Arm, int], dict[str, Any] | None] = lambda arm, seed: None,
+    store: Callable[[dict[str, Any]], None] = lambda record: None,
 ) -> list[dict[str, Any]]:
     """Every (arm, seed) run under ``root``, ``floor(cluster CPUs / client.num_cpus)`` at a time,
     sorted by arm then seed.
 
     Each run is a Ray task (0 CPUs: it only drives) whose single client worker holds the CPU (or
     GPU fraction) of ``client.num_cpus`` / ``client.num_gpus``; MNIST is put in the object store
-    once for all of them.
+    once for all of them. A run that ``stored(arm, seed)`` has a record of is not run again;
+    ``store(record)`` is called as each run finishes (a results store, so a stopped command
+    continues where it was).
     """
     import ray
     from tqdm.auto import tqdm
@@ -272,8 +278,10 @@ def run_arms(
         slots = min(slots, math.floor(resources.get("GPU", 0.0) / base.client.num_gpus))
     task = ray.remote(num_cpus=0)(_one_run)
     todo = [(a, seed) for seed in range(seeds) for a in arms]
+    results = [r for r in (stored(a, seed) for a, seed in todo) if r is not None]
+    done_before = {(r["arm"], r["seed"]) for r in results}
+    todo = [(a, seed) for a, seed in todo if (a.name, seed) not in done_before]
     pending: dict[Any, tuple[Arm, int]] = {}
-    results: list[dict[str, Any]] = []
     bar = tqdm(
         total=len(todo),
         desc=desc,
@@ -289,6 +297,7 @@ def run_arms(
         for ref in done:
             pending.pop(ref)
             results.append(ray.get(ref))
+            store(results[-1])
             bar.update(1)
     bar.close()
     order = {a.name: i for i, a in enumerate(arms)}

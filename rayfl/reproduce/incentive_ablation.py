@@ -16,10 +16,15 @@ round the clients trained, the budget R(t), what was paid, what was not, and wha
 A report, not a tuning: every other constant is the preset's.
 
 Writes ``ablation.md`` (returned), ``ablation_runs.csv`` and the run folders under ``runs/``.
+Each finished run's numbers also go to a results store (:class:`ResultsStore`; by default
+``docs/results/incentive_ablation`` under the current directory, the committed results when run
+in the repository's root; with ``quick``, ``OUTPUT/results``): a run stored there for the same
+config is not run again, so a stopped ablation continues where it was.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,7 +33,43 @@ from typing import Any
 import numpy as np
 
 from rayfl.reproduce import machine_description
+from rayfl.reproduce.akafl import RunSpec, comparable_config, config_sha256
 from rayfl.reproduce.incentive import Arm, _experiment_a_on_ray, _mean_std, _write_runs_csv
+
+DEFAULT_RESULTS = Path("docs") / "results" / "incentive_ablation"
+"""The results store of a full ablation, relative to the current directory."""
+
+
+class ResultsStore:
+    """One JSON per finished run, ``<root>/<arm>/seed<k>-R<rounds>.json``: the record the table
+    reads and the sha256 of the run's resolved config (placement fields left out), so a run
+    stored for another config is run again."""
+
+    def __init__(self, root: Path, rounds: int):
+        self.root, self.rounds = Path(root), rounds
+
+    def _path(self, arm: str, seed: int) -> Path:
+        folder = arm.replace("+", "plus-")  # no '+' in folder names
+        return self.root / folder / f"seed{seed}-R{self.rounds}.json"
+
+    def _sha(self, arm: Arm, seed: int) -> str:
+        overrides = (*arm.overrides, f"seed={seed}", f"iterations={self.rounds}")
+        return config_sha256(comparable_config(RunSpec(arm.name, "", arm.preset, overrides, seed)))
+
+    def get(self, arm: Arm, seed: int) -> dict[str, Any] | None:
+        path = self._path(arm.name, seed)
+        if not path.is_file():
+            return None
+        stored = json.loads(path.read_text())
+        return stored["record"] if stored["config_sha256"] == self._sha(arm, seed) else None
+
+    def put(self, arm: Arm, record: dict[str, Any]) -> None:
+        path = self._path(arm.name, record["seed"])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        stored = {"format": 1, "config_sha256": self._sha(arm, record["seed"]), "record": record}
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(stored, indent=1) + "\n")
+        tmp.replace(path)  # the JSON appears whole or not at all
 
 
 def _switches(bargaining: bool, additional_selection: bool, carry_over: bool) -> tuple[str, ...]:
@@ -81,15 +122,31 @@ def reproduce_ablation(
     address: str | None,
     progress: bool | None,
     iterations: int | None = None,
+    results: Path | None = None,
 ) -> Path:
     """Runs :data:`ARMS` into ``output`` and returns the path of ``ablation.md``; seeds and
-    rounds as experiment A's (15 and 60; ``quick``: 2 and 6)."""
+    rounds as experiment A's (15 and 60; ``quick``: 2 and 6). Runs found in the results store
+    (``results``, default :data:`DEFAULT_RESULTS`, ``OUTPUT/results`` with ``quick``) for the
+    same config are read, not run."""
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     n_seeds = seeds if seeds is not None else (2 if quick else 15)
     rounds = iterations if iterations is not None else (6 if quick else 60)
+    if results is None:
+        results = output / "results" if quick else DEFAULT_RESULTS
+    store = ResultsStore(results, rounds)
+    by_name = {arm.name: arm for arm in ARMS}
     started = time.perf_counter()
-    runs, resources = _experiment_a_on_ray(output, n_seeds, rounds, address, progress, ARMS)
+    runs, resources = _experiment_a_on_ray(
+        output,
+        n_seeds,
+        rounds,
+        address,
+        progress,
+        ARMS,
+        stored=store.get,
+        store=lambda record: store.put(by_name[record["arm"]], record),
+    )
     wall = time.perf_counter() - started
     _write_runs_csv(output / "ablation_runs.csv", runs, _RUN_KEYS)
     command = (
