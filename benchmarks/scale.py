@@ -16,6 +16,13 @@ Profile: shards partition (2 shards of 15 samples per client, wrapping over MNIS
 - the versions held in the object store at the end.
 
     python benchmarks/scale.py [--clients 1000 10000 100000] [--iterations 200]
+    python benchmarks/scale.py --clock real --concurrency 1000 --clients 1000 1000000 1000 1000000
+
+``--clock real`` runs the real clock (``ray.wait`` on the jobs in flight) with no injected delay
+(``clock.time_scale=0``: every job is as fast as the cluster computes it), ``--concurrency C``
+bounds the clients in training at once (``clock.concurrency``; required at large N on the real
+clock, which keeps one actor call per client in training). Repeat an N to interleave runs on a
+noisy machine.
 
 Targets (issue 17): at N = 10,000,000 peak session memory under 4 GB, server time per iteration
 flat in N, start-up plus checkpoints under 60 s.
@@ -96,8 +103,13 @@ class PeakMemory:
         self._thread.join()
 
 
-def profile(n: int, iterations: int) -> list[str]:
+def profile(
+    n: int, iterations: int, clock: str = "virtual", concurrency: int | None = None
+) -> list[str]:
+    extra = [f"clock.kind={clock}"] + (["clock.time_scale=0.0"] if clock == "real" else [])
+    extra += [f"clock.concurrency={concurrency}"] if concurrency is not None else []
     return [
+        *extra,
         "name=scale",
         f"data.num_clients={n}",
         "data.partition=shards",
@@ -116,6 +128,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, nargs="+", default=[1000, 10_000, 100_000])
     parser.add_argument("--iterations", type=int, default=200)
+    parser.add_argument("--clock", choices=("virtual", "real"), default="virtual")
+    parser.add_argument("--concurrency", type=int, help="clock.concurrency (default: none)")
     parser.add_argument("--json", help="also write the numbers to this file")
     args = parser.parse_args()
     import ray
@@ -124,7 +138,7 @@ def main() -> None:
     for n in args.clients:
         # A fresh Ray session per N, so each peak is that N's alone.
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level="ERROR")
-        cfg = load_config("wkafl", profile(n, args.iterations))
+        cfg = load_config("wkafl", profile(n, args.iterations, args.clock, args.concurrency))
         with PeakMemory() as mem, tempfile.TemporaryDirectory() as tmp:
             t = time.perf_counter()
             result = rayfl.run(cfg, output=Path(tmp) / "run", progress=False)
@@ -153,6 +167,8 @@ def main() -> None:
         "machine": f"{platform.machine()} {os.cpu_count()} cores, "
         f"{psutil.virtual_memory().total / 2**30:.0f} GiB, ray {ray.__version__}",
         "iterations": args.iterations,
+        "clock": args.clock,
+        "concurrency": args.concurrency,
         "rows": rows,
     }
     print()
