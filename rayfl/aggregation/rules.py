@@ -50,12 +50,14 @@ class EmptyState(NamedTuple):
 # --- helpers -------------------------------------------------------------------------------------
 
 
-def clip_by_norm(updates: np.ndarray, max_norm: float) -> np.ndarray:
+def clip_by_norm(updates: np.ndarray, max_norm: float, *, owned: bool = False) -> np.ndarray:
     """Row-wise clip(x, c) = x * c / ||x|| if ||x|| > c, else x (spec 3.2 and 3.7).
 
     Args:
-        updates: (K, P) array; not modified.
+        updates: (K, P) array; not modified unless ``owned``.
         max_norm: c >= 0, the largest Euclidean norm a row may keep.
+        owned: ``updates`` is a float32 array the caller made and nothing else holds: it is
+            scaled in place (the same floats, one (K, P) pass and allocation fewer).
 
     Returns:
         (K, P) float32. Norms are computed in float64; after the cast to float32 a clipped row's
@@ -73,6 +75,9 @@ def clip_by_norm(updates: np.ndarray, max_norm: float) -> np.ndarray:
         return x if x is not updates else x.copy()
     scale = np.ones_like(norms)
     scale[over] = max_norm / norms[over]
+    if owned and x is updates:
+        x *= scale.astype(np.float32)[:, None]
+        return x
     return x * scale.astype(np.float32)[:, None]
 
 
@@ -151,9 +156,10 @@ def momentum_clip(alpha: float = 0.1, c1: float = 100.0) -> Rule:
 
     def update(step: Step, state: MomentumState, params: np.ndarray) -> tuple[Step, MomentumState]:
         g = np.asarray(step.updates, dtype=np.float32)  # (K, P)
-        if state.previous is not None and alpha != 0.0:
+        owned = state.previous is not None and alpha != 0.0
+        if owned:  # a new array: clip may scale it in place
             g = g + np.float32(alpha) * np.asarray(state.previous, dtype=np.float32)[None, :]
-        return dataclasses.replace(step, updates=clip_by_norm(g, c1)), state
+        return dataclasses.replace(step, updates=clip_by_norm(g, c1, owned=owned)), state
 
     def commit(step: Step, state: MomentumState, params: np.ndarray) -> MomentumState:
         return MomentumState(step.direction)

@@ -128,6 +128,20 @@ def test_momentum_clip_with_previous_direction_and_triggered_clip():
     assert out.updates.dtype == np.float32
 
 
+def test_momentum_clip_leaves_its_input_alone_and_clips_in_place_only_what_it_made():
+    rng = np.random.default_rng(0)
+    g = (rng.standard_normal((6, 50)) * 3).astype(np.float32)
+    before = g.copy()
+    step = make_step(g)
+    out = run(momentum_clip(alpha=0.1, c1=5.0), step, previous_direction=g[0])
+    np.testing.assert_array_equal(step.updates, before)  # the step it was given is unchanged
+    # the same floats as clipping a copy without the in-place path
+    expected = clip_by_norm(before + np.float32(0.1) * before[0][None, :], 5.0)
+    assert out.updates.tobytes() == expected.tobytes()
+    owned = before + np.float32(0.1) * before[0][None, :]
+    assert clip_by_norm(owned, 5.0, owned=True) is owned
+
+
 def test_momentum_clip_without_previous_direction_only_clips():
     # t = 0: g_{t-1} = 0, so [6, 8] (norm 10) -> [3, 4] with C1 = 5; the others are short
     out = run(momentum_clip(alpha=0.1, c1=5.0), make_step([[2, 0], [0, 3], [6, 8]]))
