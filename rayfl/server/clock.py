@@ -192,8 +192,12 @@ class RealQueue:
     def __len__(self) -> int:
         return len(self.current)
 
-    def dispatch(self, client_id: int, version: int) -> Job:
-        delay = self.speed.duration(client_id, version) * self.time_scale
+    def dispatch(self, client_id: int, version: int, duration: float | None = None) -> Job:
+        """Starts the client's job on ``version``; ``duration``: its virtual duration if
+        already drawn (:meth:`SpeedModel.durations`, the same number)."""
+        if duration is None:
+            duration = self.speed.duration(client_id, version)
+        delay = duration * self.time_scale
         job = Job(time.perf_counter() - self.start, client_id, version)
         handle = self.submit(job, delay)
         self._refs[handle[0]] = (job, handle)
@@ -203,8 +207,15 @@ class RealQueue:
 
     def dispatch_many(self, client_ids: np.ndarray, version: int) -> np.ndarray:
         """:meth:`dispatch` for each client (one actor call each: the real clock keeps C jobs
-        in flight, ``clock.concurrency``); returns their dispatch times."""
-        return np.array([self.dispatch(int(c), version).finish for c in client_ids])
+        in flight, ``clock.concurrency``); returns their dispatch times. The durations are
+        drawn in one vectorised step (a seeded Generator per job cost ~10 % of the server)."""
+        durations = self.speed.durations(np.asarray(client_ids), version)
+        return np.array(
+            [
+                self.dispatch(int(c), version, float(d)).finish
+                for c, d in zip(client_ids, durations, strict=True)
+            ]
+        )
 
     def restore(self, job: Job, now: float) -> Job:
         """Real clock: a checkpointed client starts its job on the same version again."""
