@@ -30,7 +30,8 @@ def test_standard_scaling_keeps_the_data_sets_constants():
 
 
 def test_the_field_is_checked():
-    assert load_config("wkafl").data.normalize == "standard"  # the quick presets' numbers stay
+    assert load_config("random").data.normalize == "standard"  # the schema's default
+    assert load_config("wkafl").data.normalize == "unit"  # the quick family, as the profiles
     assert load_config("akafl-rj-paper").data.normalize == "unit"  # the spec's profiles: x / 255
     assert load_config("kasync-stale").data.normalize == "unit"
     with pytest.raises(ConfigError, match="data.normalize='minmax'"):
