@@ -54,6 +54,7 @@ class KAsyncServer:
         # process starts and imports while the data go into the object store (start() gets them).
         self.cfg = cfg
         self._trim_heap = HeapTrimmer()  # rayfl.heap: the server lives for the whole run
+        self._pinned: list[dict[int, Any]] = []  # the last checkpoints' version refs (checkpoint)
 
     # --- start --------------------------------------------------------------------------------
 
@@ -175,6 +176,12 @@ class KAsyncServer:
         """
         jobs = self.queue.live_jobs()  # arrays: no object per client
         held = sorted(set(np.unique(jobs.version).tolist()) | {self.t})
+        versions = self.versions.refs(held)
+        # A ref that travels only inside this return value was seen freed once the next chunk
+        # released its version, before the driver read it (Ray's ReferenceCountingAssertionError
+        # in write_checkpoint): hold the refs of the last two checkpoints here (two server calls
+        # are in flight), so the driver always reads live objects.
+        self._pinned = [*self._pinned[-1:], versions]
         return {
             "format": CHECKPOINT_FORMAT,
             "t": self.t,
@@ -199,7 +206,7 @@ class KAsyncServer:
             # ObjectRefs, not arrays: the caller gets the versions straight from the object store
             # (write_checkpoint), instead of one big object of a different size each time,
             # which fragments the store so that it keeps taking fresh pages.
-            "versions": self.versions.refs(held),
+            "versions": versions,
             "broadcasts": self.versions.broadcasts(held),  # Rule.broadcast of each, if any
         }
 
