@@ -519,7 +519,13 @@ _MISSING = object()
 
 def comparable_config(spec: RunSpec) -> dict[str, Any]:
     """The run's resolved config as ``{dotted.path: value}``, without :data:`PLACEMENT_FIELDS`."""
-    flat = _flatten(load_config(spec.preset, list(spec.overrides)).to_dict())
+    return resolved_config(spec.preset, spec.overrides)
+
+
+def resolved_config(preset: str, overrides: Sequence[str]) -> dict[str, Any]:
+    """``preset`` with ``overrides`` as ``{dotted.path: value}``, without
+    :data:`PLACEMENT_FIELDS` (what a results store compares; also the incentive ablation's)."""
+    flat = _flatten(load_config(preset, list(overrides)).to_dict())
     return {key: value for key, value in flat.items() if key not in PLACEMENT_FIELDS}
 
 

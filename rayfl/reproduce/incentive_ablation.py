@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from rayfl.reproduce import machine_description
-from rayfl.reproduce.akafl import RunSpec, comparable_config, config_sha256
+from rayfl.reproduce.akafl import config_sha256, resolved_config
 from rayfl.reproduce.incentive import Arm, _experiment_a_on_ray, _mean_std, _write_runs_csv
 
 DEFAULT_RESULTS = Path("docs") / "results" / "incentive_ablation"
@@ -54,7 +54,7 @@ class ResultsStore:
 
     def _sha(self, arm: Arm, seed: int) -> str:
         overrides = (*arm.overrides, f"seed={seed}", f"iterations={self.rounds}")
-        return config_sha256(comparable_config(RunSpec(arm.name, "", arm.preset, overrides, seed)))
+        return config_sha256(resolved_config(arm.preset, overrides))
 
     def get(self, arm: Arm, seed: int) -> dict[str, Any] | None:
         path = self._path(arm.name, seed)

@@ -223,10 +223,11 @@ class RealQueue:
 
     def restore_many(self, jobs: LiveArrays, now: float) -> np.ndarray:
         """:meth:`restore` for each checkpointed job; returns their new dispatch times."""
+        durations = self.speed.durations(jobs.client, jobs.version)
         return np.array(
             [
-                self.dispatch(int(c), int(v)).finish
-                for c, v in zip(jobs.client, jobs.version, strict=True)
+                self.dispatch(int(c), int(v), float(d)).finish
+                for c, v, d in zip(jobs.client, jobs.version, durations, strict=True)
             ]
         )
 
