@@ -10,7 +10,10 @@ the chain's result to a server optimizer that makes the candidate model w_{t+1}:
 A :class:`Rule` is ``init(params) -> state`` and ``update(step, state, params) -> (step, state)``
 where ``params`` is the current global model w_t ((P,) float32, read-only). A rule reads the
 fields it needs and returns a new ``Step`` (``dataclasses.replace``) with the fields it changes;
-it never mutates its input. Its ``stage`` says where in the chain it may stand, which
+it never mutates its input, with one exception: when ``step.updates_writable`` is set (the
+K-async server's fresh stack of the arriving updates, which nothing else holds), the chain's
+first rule may overwrite ``updates`` in place (WKAFL's momentum adds g_{t-1} into it: one (K, P)
+allocation and pass fewer); the chain clears the flag for every later rule. Its ``stage`` says where in the chain it may stand, which
 :func:`check_stages` enforces; ``commit(step, state, params) -> state``, if given, is called once
 the server has applied the iteration's step to the model (not when judgement kept the previous
 model), with the final Step and the new model: that is how a rule keeps g_{t-1} (WKAFL's momentum)
@@ -63,6 +66,9 @@ class Step:
     # w_{v_i} - client.local_lr * u_i (the model the update moved to), rounds the trained
     # weights. For mixing rules (FedAsync); None where the engine cannot make them.
     local_models: Callable[[], np.ndarray] | None = None
+    # True: ``updates`` was made for this step and nothing outside the chain holds it, so the
+    # chain's first rule may write into it (see the module's docstring); False for later rules.
+    updates_writable: bool = False
 
     def with_metrics(self, **values: float) -> Step:
         """Returns a copy with ``values`` merged into ``metrics`` (keys like ``agg/selected``)."""
@@ -111,6 +117,8 @@ def chain(*rules: Rule) -> Rule:
         for rule, s in zip(rules, state, strict=True):
             step, s = rule.update(step, s, params)
             new_states.append(s)
+            if step.updates_writable:  # only the first rule may write into the server's stack
+                step = dataclasses.replace(step, updates_writable=False)
         return dataclasses.replace(step, direction=final_direction(step)), tuple(new_states)
 
     def commit(step: Step, state: tuple[Any, ...], params: np.ndarray) -> tuple[Any, ...]:

@@ -9,7 +9,8 @@ Each factory returns a :class:`~rayfl.aggregation.base.Rule` ``(init, update, st
 explicit state (:class:`EmptyState` for every rule here but ``momentum_clip``, which keeps g_{t-1}
 in a :class:`MomentumState`). Rules compose with ``chain``; WKAFL is a recipe (``recipes.py``),
 not a class. Shapes: ``updates`` (K, P) float32, ``weights`` (K,) float64
-summing to 1, ``estimate``/``direction`` (P,) float32. No rule mutates its input arrays.
+summing to 1, ``estimate``/``direction`` (P,) float32. No rule mutates its input arrays, except
+that ``momentum_clip`` adds into ``updates`` when ``Step.updates_writable`` says it may (base.py).
 
 Example::
 
@@ -57,7 +58,8 @@ def clip_by_norm(updates: np.ndarray, max_norm: float, *, owned: bool = False) -
         updates: (K, P) array; not modified unless ``owned``.
         max_norm: c >= 0, the largest Euclidean norm a row may keep.
         owned: ``updates`` is a float32 array the caller made and nothing else holds: it is
-            scaled in place (the same floats, one (K, P) pass and allocation fewer).
+            scaled in place, or returned as it is when no row is over c (the same floats, one
+            (K, P) pass and allocation fewer).
 
     Returns:
         (K, P) float32. Norms are computed in float64; after the cast to float32 a clipped row's
@@ -72,7 +74,7 @@ def clip_by_norm(updates: np.ndarray, max_norm: float, *, owned: bool = False) -
     )  # (K,); BLAS-speed, float32 sums
     over = norms > max_norm
     if not over.any():
-        return x if x is not updates else x.copy()
+        return x if owned or x is not updates else x.copy()
     scale = np.ones_like(norms)
     scale[over] = max_norm / norms[over]
     if owned and x is updates:
@@ -156,9 +158,12 @@ def momentum_clip(alpha: float = 0.1, c1: float = 100.0) -> Rule:
 
     def update(step: Step, state: MomentumState, params: np.ndarray) -> tuple[Step, MomentumState]:
         g = np.asarray(step.updates, dtype=np.float32)  # (K, P)
-        owned = state.previous is not None and alpha != 0.0
-        if owned:  # a new array: clip may scale it in place
-            g = g + np.float32(alpha) * np.asarray(state.previous, dtype=np.float32)[None, :]
+        writable = step.updates_writable and g is step.updates  # the server's own stack
+        owned = writable
+        if state.previous is not None and alpha != 0.0:
+            shift = np.float32(alpha) * np.asarray(state.previous, dtype=np.float32)[None, :]
+            g = np.add(g, shift, out=g if writable else None)  # the same floats either way
+            owned = True  # a new array, or the writable stack: clip may scale it in place
         return dataclasses.replace(step, updates=clip_by_norm(g, c1, owned=owned)), state
 
     def commit(step: Step, state: MomentumState, params: np.ndarray) -> MomentumState:

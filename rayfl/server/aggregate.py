@@ -80,6 +80,7 @@ def aggregate(
         [u.loss for u in updates],
         lr,
         [u.client_id for u in updates],
+        updates_writable=True,  # a fresh stack: the first rule may write into it
         **context,
     )
     step, rule_state = rule.update(step, rule_state, w)

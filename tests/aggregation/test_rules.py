@@ -37,6 +37,7 @@ from rayfl.aggregation import (
     weighted_sum,
     wkafl,
 )
+from rayfl.aggregation.base import Rule
 from rayfl.aggregation.rules import clip_by_norm
 from rayfl.errors import ConfigError
 
@@ -140,6 +141,35 @@ def test_momentum_clip_leaves_its_input_alone_and_clips_in_place_only_what_it_ma
     assert out.updates.tobytes() == expected.tobytes()
     owned = before + np.float32(0.1) * before[0][None, :]
     assert clip_by_norm(owned, 5.0, owned=True) is owned
+
+
+@pytest.mark.parametrize("previous", [True, False])
+def test_momentum_clip_writes_into_a_writable_stack_with_the_same_floats(previous):
+    # The K-async server marks its fresh stack of updates writable: momentum_clip adds g_{t-1}
+    # into it and clips it in place, and must give the bytes of the copying path.
+    rng = np.random.default_rng(1)
+    g = (rng.standard_normal((6, 50)) * 3).astype(np.float32)
+    prev = g[1].copy() if previous else None
+    copying = run(momentum_clip(alpha=0.1, c1=5.0), make_step(g.copy()), previous_direction=prev)
+    stack = g.copy()
+    step = dataclasses.replace(make_step(stack), updates_writable=True)
+    writing = run(momentum_clip(alpha=0.1, c1=5.0), step, previous_direction=prev)
+    assert writing.updates is stack  # written in place, no (K, P) copy
+    assert writing.updates.tobytes() == copying.updates.tobytes()
+
+
+def test_only_the_chains_first_rule_may_write_into_the_stack():
+    seen = []
+
+    def spy(step, state, params):
+        seen.append(step.updates_writable)
+        return step, state
+
+    spy_rule = Rule(lambda params: None, spy)
+    step = dataclasses.replace(make_step(np.ones((3, 4), np.float32)), updates_writable=True)
+    out, _ = chain(spy_rule, spy_rule, spy_rule).update(step, (None, None, None), np.zeros(4))
+    assert seen == [True, False, False]
+    assert out.updates_writable is False
 
 
 def test_momentum_clip_without_previous_direction_only_clips():
