@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from rayfl.aggregation import rule_names
-from rayfl.config import load_config
+from rayfl.config import dump_config, load_config
 from rayfl.errors import RayflError
 from rayfl.reproduce import akafl
 
@@ -631,3 +631,47 @@ def test_results_store_end_to_end(ray_address, tmp_path: Path, cli, monkeypatch,
     assert [p.name for p in (tmp_path / "changed" / "runs").iterdir()] == [
         "stragglers-fixed-k10-seed0"
     ]
+
+
+def test_an_interrupted_run_goes_on_from_its_checkpoint(ray_session, tmp_path: Path):
+    """A run stopped part-way (a killed session leaves its folder and its last checkpoint) is
+    continued by the next call, not started again, and ends on an unbroken run's bytes."""
+    import torch
+
+    import rayfl
+
+    (spec,) = akafl.plan(quick=True, seeds=1, groups=["stragglers"], iterations=40)[:1]
+    root = tmp_path / "runs"
+    run_dir = root / spec.folder
+    stopped = rayfl.run(
+        spec.preset, overrides=list(spec.overrides), output=run_dir, progress=False,
+        callback=lambda rows: True,  # stop cleanly after the first chunk of iterations
+    )  # fmt: skip
+    assert stopped.summary["status"] == "stopped"
+    before = pq.read_table(run_dir / "metrics.parquet").to_pandas()
+    assert 0 < len(before) < 40 and akafl.resumable(run_dir, spec)
+
+    outcomes = akafl.run_plan([spec], root)
+    assert outcomes[spec.folder]["status"] == "finished"
+    after = pq.read_table(run_dir / "metrics.parquet").to_pandas()
+    assert len(after) == 40
+    # continued, not restarted: the first rows are the stopped run's, wall-clock columns included
+    assert after.iloc[: len(before)].equals(before)
+    rayfl.run(
+        spec.preset, overrides=list(spec.overrides), output=tmp_path / "unbroken", progress=False
+    )
+    resumed = torch.load(run_dir / "model.pt")
+    expected = torch.load(tmp_path / "unbroken" / "model.pt")
+    assert all(torch.equal(resumed[k], expected[k]) for k in expected)
+    assert not akafl.resumable(run_dir, spec)  # finished: nothing to go on from
+
+
+def test_a_run_folder_of_another_config_or_a_broken_checkpoint_starts_again(tmp_path: Path):
+    (spec,) = akafl.plan(quick=True, seeds=1, groups=["stragglers"], iterations=20)[:1]
+    run_dir = tmp_path / spec.folder
+    run_dir.mkdir()
+    assert not akafl.resumable(run_dir, spec)  # no checkpoint
+    (run_dir / "checkpoint.npz").write_bytes(b"not a checkpoint")
+    cfg = load_config(spec.preset, list(spec.overrides))
+    (run_dir / "config.yaml").write_text(dump_config(cfg))
+    assert not akafl.resumable(run_dir, spec)  # unreadable checkpoint

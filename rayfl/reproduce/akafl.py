@@ -27,7 +27,9 @@ Each run that finishes is stored at once in a results store (:class:`ResultStore
 ``docs/results/akafl``): its table numbers, config and summary in a JSON file, the few metric
 columns the tables and figures read in a Parquet file beside it. A run whose result is stored for
 the same config is not run again, so a reproduction killed at any time continues with the same
-command, on this machine or another; the table and figures are built from the store
+command, on this machine or another; with the same ``--output``, a run that was cut off goes on
+from its last checkpoint (every 100 iterations) instead of starting again. The table and
+figures are built from the store
 (``--report-only``: from the store alone). Run folders are written under ``output/runs/``; the
 table is written whatever happens, from the runs that finished.
 """
@@ -369,19 +371,19 @@ def run_numbers(columns: Mapping[str, np.ndarray], iterations: int) -> dict[str,
 # --- running the plan on the cluster ----------------------------------------------------------
 
 
-def _one_run(spec: RunSpec, run_dir: str, dataset: Any) -> dict[str, Any]:
-    """One run (inside a Ray task): the engine, then its status."""
+def _one_run(spec: RunSpec, run_dir: str, dataset: Any, resume: bool = False) -> dict[str, Any]:
+    """One run (inside a Ray task): the engine, then its status. ``resume``: continue the run in
+    ``run_dir`` from its checkpoint (virtual clock: the bytes of an unbroken run)."""
     import rayfl
 
     t0 = time.perf_counter()
+    where: dict[str, Any] = (
+        {"resume": run_dir}
+        if resume
+        else {"config": spec.preset, "overrides": list(spec.overrides), "output": run_dir}
+    )
     try:
-        res = rayfl.run(
-            spec.preset,
-            overrides=list(spec.overrides),
-            output=run_dir,
-            progress=False,
-            dataset=dataset,
-        )
+        res = rayfl.run(**where, progress=False, dataset=dataset)
         status = str(res.summary.get("status", "finished"))
         error = ""
     except Exception as e:  # a failed run is reported in the table, the others go on
@@ -401,8 +403,10 @@ def run_plan(
     ``on_finished(spec)`` is called as soon as a run has finished (to store its result while the
     others go on).
 
-    A KeyboardInterrupt cancels the runs in flight (their folders keep what they wrote) and is
-    re-raised.
+    A run whose folder under ``root`` holds a checkpoint of the same config (a run stopped by
+    Ctrl-C or a killed session) goes on from that checkpoint (:func:`resumable`); any other
+    unfinished folder is started again. A KeyboardInterrupt cancels the runs in flight (their
+    folders keep what they wrote, checkpoints included) and is re-raised.
     """
     import ray
     from tqdm.auto import tqdm
@@ -431,9 +435,10 @@ def run_plan(
             while todo and len(pending) < slots:
                 spec = todo.pop(0)
                 run_dir = root / spec.folder
-                if run_dir.exists():  # an unfinished run of an earlier attempt: start it again
+                resume = resumable(run_dir, spec)  # an earlier attempt's checkpoint: go on
+                if run_dir.exists() and not resume:  # nothing to go on from: start it again
                     shutil.rmtree(run_dir)
-                pending[task.remote(spec, str(run_dir), dataset)] = spec
+                pending[task.remote(spec, str(run_dir), dataset, resume)] = spec
             done, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)  # Ctrl-C between
             for ref in done:
                 spec = pending.pop(ref)
@@ -469,6 +474,24 @@ def _finished(run_dir: Path, spec: RunSpec) -> bool:
             spec.preset, list(spec.overrides)
         )
     except Exception:  # an unreadable or foreign config: run it again
+        return False
+
+
+def resumable(run_dir: Path, spec: RunSpec) -> bool:
+    """True if ``run_dir`` holds an unfinished run of exactly ``spec``'s configuration with a
+    readable checkpoint before its last iteration (a run stopped by Ctrl-C, a killed process or
+    the end of a session): it continues from there instead of starting again."""
+    from rayfl.metrics import CHECKPOINT_FILE
+    from rayfl.runtime.checkpoint import read_checkpoint
+
+    if not (run_dir / CHECKPOINT_FILE).exists() or _status(run_dir) == "finished":
+        return False
+    try:
+        cfg = load_config(str(run_dir / "config.yaml"))
+        if cfg != load_config(spec.preset, list(spec.overrides)):
+            return False
+        return bool(read_checkpoint(run_dir)["t"] < cfg.iterations)
+    except Exception:  # an unreadable config or checkpoint: start the run again
         return False
 
 
