@@ -434,11 +434,7 @@ def run_plan(
         while todo or pending:
             while todo and len(pending) < slots:
                 spec = todo.pop(0)
-                run_dir = root / spec.folder
-                resume = resumable(run_dir, spec)  # an earlier attempt's checkpoint: go on
-                if run_dir.exists() and not resume:  # nothing to go on from: start it again
-                    shutil.rmtree(run_dir)
-                pending[task.remote(spec, str(run_dir), dataset, resume)] = spec
+                pending[_start(task, spec, root / spec.folder, dataset)] = spec
             done, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)  # Ctrl-C between
             for ref in done:
                 spec = pending.pop(ref)
@@ -453,6 +449,15 @@ def run_plan(
     finally:
         bar.close()
     return outcomes
+
+
+def _start(task: Any, spec: RunSpec, run_dir: Path, dataset: Any) -> Any:
+    """Starts ``spec``'s run task: from an earlier attempt's checkpoint in ``run_dir`` if there
+    is one for the same config, else afresh (what an earlier attempt left there is removed)."""
+    resume = resumable(run_dir, spec)
+    if run_dir.exists() and not resume:
+        shutil.rmtree(run_dir)
+    return task.remote(spec, str(run_dir), dataset, resume)
 
 
 def _outcome(ref: Any) -> dict[str, Any]:
