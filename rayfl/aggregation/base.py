@@ -14,10 +14,10 @@ it never mutates its input, with one exception: when ``step.updates_writable`` i
 K-async server's fresh stack of the arriving updates, which nothing else holds), the chain's
 first rule may overwrite ``updates`` in place (WKAFL's momentum adds g_{t-1} into it: one (K, P)
 allocation and pass fewer); the chain clears the flag for every later rule. Its ``stage`` says
-where in the chain it may stand, which :func:`check_stages` enforces; ``commit(step, state, params) -> state``, if given, is called once
-the server has applied the iteration's step to the model (not when judgement kept the previous
-model), with the final Step and the new model: that is how a rule keeps g_{t-1} (WKAFL's momentum)
-in its own state. WKAFL, AKAFL, ... are recipes: ordered lists of rules (``recipes.py``).
+where in the chain it may stand, which :func:`check_stages` enforces; ``commit(step, state,
+params) -> state``, if given, is called once the server has applied the iteration's step to the
+model (not when judgement kept the previous model), with the final Step and the new model: that
+is how a rule keeps g_{t-1} (WKAFL's momentum) in its own state. WKAFL, AKAFL, ... are recipes: ordered lists of rules (``recipes.py``).
 
 A :class:`ServerOptimizer` is ``init(params) -> state`` and ``apply(step, state, params) ->
 (new_params, state)``; plain SGD, ``w_t - step.lr * step.direction``, is one among others.
