@@ -58,9 +58,15 @@ class KAsyncServer:
 
     # --- start --------------------------------------------------------------------------------
 
-    def start(self, data: SharedData, restore: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Builds w_0, starts the worker pool and dispatches every client on w_0; or, with
-        ``restore`` (a ``checkpoint()``), continues exactly where that checkpoint left off.
+    def start(
+        self,
+        data: SharedData,
+        restore: dict[str, Any] | None = None,
+        workers: list[Any] | None = None,
+    ) -> dict[str, Any]:
+        """Builds w_0, attaches the worker pool (``workers``, started by the driver; default:
+        starts one) and dispatches every client on w_0; or, with ``restore`` (a
+        ``checkpoint()``), continues exactly where that checkpoint left off.
 
         Separate from ``__init__`` so that a user error (a model factory that fails to import, a
         pool that does not fit) reaches the driver as a ``RayflError``, not as a dead actor.
@@ -86,7 +92,7 @@ class KAsyncServer:
         # Per-client state (rayfl.clients.state): sent with each job, kept when its update is
         # accepted; empty for a task without state.
         self.client_states = ClientStates()
-        self.scheduler = JobScheduler(cfg, self.data, self.client_states)
+        self.scheduler = JobScheduler(cfg, self.data, self.client_states, workers)
         self.versions = VersionStore()
         if restore is None:
             self.versions.put(0, self.w, self._broadcast())

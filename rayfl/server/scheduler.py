@@ -35,6 +35,17 @@ _LOST = (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError, NotAttach
 Handle = tuple[Any, int]  # (ObjectRef the batch is filed under, the job's position in it)
 
 
+def worker_concurrency(cfg: ExperimentConfig) -> int:
+    """Calls a K-async worker takes at once: every client's job may be in flight on the real
+    clock (capped, as Ray keeps a thread per concurrent call slot)."""
+    return min(max(1, cfg.data.num_clients) + 16, 100_000)
+
+
+def make_worker_pool(cfg: ExperimentConfig) -> list[Any]:
+    """The K-async worker actors (as many as fit the cluster), not yet attached to the data."""
+    return make_pool(cfg, max_concurrency=worker_concurrency(cfg))
+
+
 @dataclasses.dataclass(frozen=True)
 class BatchCall:
     """Virtual clock: several jobs; job j computes on ``weights[slot_j]`` (ObjectRefs).
@@ -83,12 +94,21 @@ class JobScheduler:
     A job takes its client's state from ``states`` when it is submitted: the client's previous
     update was taken before this job was dispatched, so that is the state after it."""
 
-    def __init__(self, cfg: ExperimentConfig, data: SharedData, states: ClientStates):
+    def __init__(
+        self,
+        cfg: ExperimentConfig,
+        data: SharedData,
+        states: ClientStates,
+        workers: list[Any] | None = None,
+    ):
+        """``workers``: a pool the driver started already (:func:`make_worker_pool`), so that
+        the workers' processes started beside the server's; default: start one here."""
         self.cfg = cfg
         self.states = states
-        self._max_concurrency = min(max(1, cfg.data.num_clients) + 16, 100_000)
+        self._max_concurrency = worker_concurrency(cfg)
         self._last_grow_check = time.perf_counter()
-        workers = make_pool(cfg, max_concurrency=self._max_concurrency)
+        if workers is None:
+            workers = make_worker_pool(cfg)
         try:
             info = ray.get([w.attach.remote(data) for w in workers], timeout=WORKER_START_TIMEOUT_S)
         except ray.exceptions.GetTimeoutError:
