@@ -59,14 +59,10 @@ class KAsyncServer:
     # --- start --------------------------------------------------------------------------------
 
     def start(
-        self,
-        data: SharedData,
-        restore: dict[str, Any] | None = None,
-        workers: list[Any] | None = None,
+        self, data: SharedData, restore: dict[str, Any] | None = None, workers: Any = None
     ) -> dict[str, Any]:
-        """Builds w_0, attaches the worker pool (``workers``, started by the driver; default:
-        starts one) and dispatches every client on w_0; or, with ``restore`` (a
-        ``checkpoint()``), continues exactly where that checkpoint left off.
+        """Builds w_0, attaches the pool (the driver's ``workers``, or a new one) and dispatches
+        every client on w_0; or, with ``restore`` (a ``checkpoint()``), continues from there.
 
         Separate from ``__init__`` so that a user error (a model factory that fails to import, a
         pool that does not fit) reaches the driver as a ``RayflError``, not as a dead actor.
