@@ -94,17 +94,6 @@ def test_sigterm_does_what_a_custom_ctrl_c_handler_does():
 # --- the command line, in a real process ---
 
 
-def _signals_as_in_a_terminal() -> None:
-    """In the child, before exec: SIGINT and SIGTERM at their defaults and unblocked, as a shell
-    in a terminal starts a command. A test session started in the background by a
-    non-interactive shell (``pytest &``, as CI scripts may) ignores SIGINT, children inherit
-    that, and Python then never installs its Ctrl-C handler: these tests would find rayfl deaf
-    to SIGINT, which is the launcher's doing, not rayfl's."""
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-
-
 class Cli:
     """``python -m rayfl.cli ARGS`` running in the background; stdout and stderr go to files
     (a pipe nobody reads could fill and block it)."""
@@ -114,10 +103,7 @@ class Cli:
         self.out_path, self.err_path = tmp_path / f"out-{stamp}.txt", tmp_path / f"err-{stamp}.txt"
         with open(self.out_path, "w") as out, open(self.err_path, "w") as err:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "rayfl.cli", *args],
-                stdout=out,
-                stderr=err,
-                preexec_fn=_signals_as_in_a_terminal,
+                [sys.executable, "-m", "rayfl.cli", *args], stdout=out, stderr=err
             )
 
     def wait_until(self, ready, what: str, timeout: float = 180.0) -> None:
