@@ -17,7 +17,8 @@ allocation and pass fewer); the chain clears the flag for every later rule. Its 
 where in the chain it may stand, which :func:`check_stages` enforces; ``commit(step, state,
 params) -> state``, if given, is called once the server has applied the iteration's step to the
 model (not when judgement kept the previous model), with the final Step and the new model: that
-is how a rule keeps g_{t-1} (WKAFL's momentum) in its own state. WKAFL, AKAFL, ... are recipes: ordered lists of rules (``recipes.py``).
+is how a rule keeps g_{t-1} (WKAFL's momentum) in its own state. WKAFL, AKAFL, ... are
+recipes: ordered lists of rules (``recipes.py``).
 
 A :class:`ServerOptimizer` is ``init(params) -> state`` and ``apply(step, state, params) ->
 (new_params, state)``; plain SGD, ``w_t - step.lr * step.direction``, is one among others.
