@@ -9,7 +9,9 @@ Profile: shards partition (2 shards of 15 samples per client, wrapping over MNIS
   process: an upper bound); and the peak PSS of each kind of process (driver, server actor,
   client workers, the rest of Ray), each at its own moment;
 - the server's own time per iteration (``sys/server_s``: the iteration minus the time spent
-  waiting for updates), median over the iterations after the first 20;
+  waiting for updates), median over the iterations after the first 20, and its CPU time
+  (``sys/server_cpu_s``: CPU seconds of the server's process, all threads): on a machine whose
+  cores the server shares with the workers, the wall time includes waiting for a core;
 - the time outside the iterations: the run end to end minus the iterations' own time (loading
   and partitioning the data, starting Ray's actors, dispatching every client, the final
   checkpoint, the model and the results files), and the checkpoint's size;
@@ -153,6 +155,7 @@ def main() -> None:
             "peak_session_pss_gb": mem.peak_pss / 2**30,
             "peak_session_rss_gb": mem.peak_rss / 2**30,
             "server_s_per_iteration_median": float(steady["sys/server_s"].median()),
+            "server_cpu_s_per_iteration_median": float(steady["sys/server_cpu_s"].median()),
             "iteration_s_median": float(steady["sys/iteration_s"].median()),
             "versions_held_end": int(df["agg/versions_held"].iloc[-1]),
             "end_to_end_s": wall,
@@ -173,13 +176,14 @@ def main() -> None:
     }
     print()
     print(
-        f"{'N':>8} {'peak PSS GB':>12} {'peak RSS GB':>12} {'server ms/it':>13} "
+        f"{'N':>8} {'peak PSS GB':>12} {'peak RSS GB':>12} {'server ms/it':>13} {'CPU ms/it':>10} "
         f"{'outside its s':>14} {'end to end s':>13} {'versions':>9}"
     )
     for r in rows:
         print(
             f"{r['clients']:>8} {r['peak_session_pss_gb']:>12.2f} {r['peak_session_rss_gb']:>12.2f} "
             f"{1000 * r['server_s_per_iteration_median']:>13.2f} "
+            f"{1000 * r['server_cpu_s_per_iteration_median']:>10.2f} "
             f"{r['outside_iterations_s']:>14.1f} {r['end_to_end_s']:>13.1f} {r['versions_held_end']:>9}"
         )
     if args.json:

@@ -332,7 +332,7 @@ class KAsyncServer:
     def iterate(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """One iteration t: wait for K_t updates, aggregate, make and send w_{t+1}, evaluate."""
         t = self.t
-        tick = time.perf_counter()
+        tick, cpu_tick = time.perf_counter(), time.process_time()
         updates, rejected, wait_s = self._collect()  # --- the first K valid updates ---
         agg = aggregate(  # --- the rule chain makes g_t and eta_t, the optimizer w_{t+1} ---
             self.rule,
@@ -356,6 +356,9 @@ class KAsyncServer:
         row = self._row(t, len(updates), agg, decision, rejected)
         row["sys/iteration_s"] = time.perf_counter() - tick
         row["sys/server_s"] = row["sys/iteration_s"] - wait_s
+        # CPU seconds of the server's process (all its threads, Ray's included): its own cost,
+        # apart from the time it waited for a core it shares with workers on a small machine.
+        row["sys/server_cpu_s"] = time.process_time() - cpu_tick
         if self.t % self.cfg.eval.every == 0 or self.t == self.cfg.iterations:
             row["eval/accuracy"], row["eval/loss"] = self.evaluate()
         return row, update_rows(t, updates, agg.step.weights)

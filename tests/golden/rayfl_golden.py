@@ -76,6 +76,7 @@ IGNORED: dict[str, dict[str, str]] = {
         "sys/wall_s": "wall clock",
         "sys/iteration_s": "wall clock",
         "sys/server_s": "wall clock",
+        "sys/server_cpu_s": "CPU clock",
         "sys/round_s": "wall clock",
         "sys/wasted_jobs": "depends on the lookahead window, which is sized from the workers",
         "sys/worker_failures": "the cluster's health, not the algorithm",
