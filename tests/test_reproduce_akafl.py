@@ -675,3 +675,12 @@ def test_a_run_folder_of_another_config_or_a_broken_checkpoint_starts_again(tmp_
     cfg = load_config(spec.preset, list(spec.overrides))
     (run_dir / "config.yaml").write_text(dump_config(cfg))
     assert not akafl.resumable(run_dir, spec)  # unreadable checkpoint
+
+
+def test_a_resumed_runs_wall_time_counts_all_its_sessions():
+    """The runs table's wall time: the server's, carried across a resume (the driver's counts
+    the last session only; older summaries have only that)."""
+    from rayfl.reproduce.akafl import run_wall_s
+
+    assert run_wall_s({"wall_s": 1770.5, "driver_wall_s": 229.5}) == 1770.5
+    assert run_wall_s({"driver_wall_s": 229.5}) == 229.5

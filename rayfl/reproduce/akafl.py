@@ -813,9 +813,15 @@ def _stored_row(spec: RunSpec, record: Mapping[str, Any]) -> dict[str, Any]:
         "metrics": record["metrics_path"],
         "iterations": int(record["iterations"]),
         **record["numbers"],
-        "wall_s": float(record.get("summary", {}).get("driver_wall_s", math.nan)),
+        "wall_s": run_wall_s(record.get("summary", {})),
         "machine": str(record.get("machine", "unknown")),
     }
+
+
+def run_wall_s(summary: dict[str, Any]) -> float:
+    """A run's wall seconds over all its sessions: the server's ``wall_s`` carries on across a
+    resume, the driver's ``driver_wall_s`` counts its last session only (older summaries)."""
+    return float(summary.get("wall_s", summary.get("driver_wall_s", math.nan)))
 
 
 def _run_folder_row(spec: RunSpec, root: Path | None) -> dict[str, Any]:
@@ -834,7 +840,7 @@ def _run_folder_row(spec: RunSpec, root: Path | None) -> dict[str, Any]:
         t = load_config(spec.preset, list(spec.overrides)).iterations
         row["iterations"] = t
         row.update(run_numbers(_read_columns(run_dir / "metrics.parquet"), t))
-        row["wall_s"] = _summary(run_dir).get("driver_wall_s", math.nan)
+        row["wall_s"] = run_wall_s(_summary(run_dir))
     return row
 
 
