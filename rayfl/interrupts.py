@@ -14,8 +14,11 @@ Two things of Ray's shape this module:
 - ``ray.init`` puts its own SIGTERM handler in the driver (``sys.exit(15)``; see
   ``ray/_private/worker.py``, ``init``), and the C++ core worker it starts adds one that dumps a
   stack. ``ensure_ray`` calls :func:`reinstall` right after ``ray.init``, which puts ours back
-  in place of both. While ``ray.init`` itself runs, Ray's handler is the one that answers:
-  :func:`displaced` lets the CLI recognise its ``SystemExit(15)``.
+  in place of both. While a local Ray starts, ``ensure_ray`` keeps Ray's handler out and holds a
+  SIGTERM back (:func:`held`): ``ray.init`` forks its processes with a ``preexec_fn``, and an
+  exception a handler raises while Python runs its at-fork hooks is printed as "Exception
+  ignored" and lost, so the process went on running. Where Ray's handler does answer (joining a
+  cluster), :func:`displaced` lets the CLI recognise its ``SystemExit(15)``.
 - ``ray.get`` re-raises an interrupt that arrives while it waits as a plain
   ``KeyboardInterrupt``: the subclass is lost. So the handler records the signal, and
   :func:`received` tells which one stopped the process.
@@ -33,9 +36,10 @@ Example (what the CLI does around a command)::
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import Any
 
@@ -90,6 +94,32 @@ def reinstall() -> None:
         signal.signal(signal.SIGTERM, _on_sigterm)
 
 
+def installed() -> bool:
+    """True if :func:`install` asked for the handler in this process and this is its main
+    thread (the command line; not ``rayfl.run`` called as a library)."""
+    return _wanted and threading.current_thread() is threading.main_thread()
+
+
+@contextlib.contextmanager
+def held() -> Iterator[None]:
+    """Within the block a SIGTERM is only recorded; after it, :class:`Terminated` is raised if
+    one came. For a few seconds of work that must not be cut in the middle (starting Ray).
+
+    Does nothing unless :func:`install` asked for the handler in this process, or off the main
+    thread. The handler of :func:`install` is in place after the block, whatever the block set.
+    """
+    if not installed():
+        yield
+        return
+    signal.signal(signal.SIGTERM, _record)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, _on_sigterm)
+    if _received is not None:
+        raise Terminated("SIGTERM")
+
+
 def displaced() -> bool:
     """True if :func:`install` asked for the handler and another one answers SIGTERM now (Ray's,
     while ``ray.init`` runs: it exits with ``SystemExit(15)``)."""
@@ -124,6 +154,12 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> Any:
         # state and returns): SIGTERM does what Ctrl-C would do.
         return on_sigint(signal.SIGINT, frame)
     raise Terminated("SIGTERM")
+
+
+def _record(signum: int, frame: FrameType | None) -> None:
+    global _received
+    if _received is None:
+        _received = signum
 
 
 def _nothing() -> None:

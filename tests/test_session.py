@@ -46,3 +46,50 @@ def test_a_second_local_ray_does_not_wait_for_the_taken_agent_port(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "RETRIES 0" in proc.stdout, proc.stdout + proc.stderr[-2000:]
+
+
+# SIGTERM arrives while ray.init still runs, after the driver's core worker connected (Ray's
+# post-init hooks run there): the command line's graceful stop must still be what happens.
+_SIGTERM_IN_RAY_INIT = textwrap.dedent(
+    """
+    import os, signal, time
+    import ray
+    from rayfl import interrupts
+    from rayfl.runtime.session import ensure_ray
+
+    interrupts.install()
+
+    def sigterm_now():
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.5)  # delivered while ray.init runs
+
+    ray._private.worker._post_init_hooks.append(sigterm_now)
+    try:
+        ensure_ray()
+    except interrupts.Terminated:
+        print("TERMINATED after ray.init; Ray still up:", ray.is_initialized())
+    else:
+        print("NOT STOPPED")
+    print("handler is rayfl's:", signal.getsignal(signal.SIGTERM) is interrupts._on_sigterm)
+    """
+)
+
+
+def test_sigterm_while_ray_init_connects_is_held_and_raised_after(tmp_path):
+    """Neither Ray's Python handler (sys.exit(15)) nor its C++ failure handler (a stack dump,
+    then abort) answers: the signal is held until ray.init returns, the Ray it started is shut
+    down, and Terminated reaches the caller (the CLI's one line and exit 143)."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.run(
+        [sys.executable, "-c", _SIGTERM_IN_RAY_INIT],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=tmp_path,
+        env=env,
+        restore_signals=True,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "TERMINATED after ray.init; Ray still up: False" in proc.stdout, proc.stderr[-2000:]
+    assert "handler is rayfl's: True" in proc.stdout
+    assert "SIGTERM received" not in proc.stderr, proc.stderr[-2000:]

@@ -7,6 +7,7 @@ that started Ray shuts it down at the end.
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import inspect
 import os
 from collections.abc import Iterator
@@ -45,13 +46,54 @@ def ensure_ray(address: str | None = None, runtime_env: dict[str, Any] | None = 
         kwargs["runtime_env"] = runtime_env
     if address is None and not os.environ.get("RAY_ADDRESS"):  # a new local Ray: ours to set
         kwargs["include_dashboard"] = False
-    if "include_dashboard" in kwargs:
-        with _agent_port_from_the_os():
+    try:
+        with contextlib.ExitStack() as local:
+            if "include_dashboard" in kwargs:
+                local.enter_context(_agent_port_from_the_os())
+                if interrupts.installed():  # seconds: a SIGTERM waits for their end, not lost
+                    local.enter_context(interrupts.held())
+                    local.enter_context(_ray_keeps_its_signal_handlers_out())
             ray.init(address=address, **kwargs)
-    else:
-        ray.init(address=address, **kwargs)
+    except KeyboardInterrupt:  # Ctrl-C, or the SIGTERM held back: stop the Ray it started
+        if ray.is_initialized():
+            shutdown_ray()
+        raise
     interrupts.reinstall()  # ray.init replaced the CLI's SIGTERM handler with Ray's own
     return True
+
+
+@contextlib.contextmanager
+def _ray_keeps_its_signal_handlers_out() -> Iterator[None]:
+    """While a local Ray starts for the command line, Ray sets no signal handler in the driver.
+
+    - ``ray.init``'s Python handler (``sys.exit(15)``) would replace the one of
+      :func:`rayfl.interrupts.held`, which only records a SIGTERM while Ray forks its processes.
+    - The C++ core worker's failure handler (absl's) would answer a SIGTERM that comes while the
+      driver connects with a stack dump on the terminal (3 of 16 SIGTERMs sent 1.8-3.8 s into
+      the start, `rayfl run tiny`, this 2-core Xeon); rayfl's one-line stop is what a user
+      should see. It also prints a stack on a crash: Python's ``faulthandler`` does that for
+      the driver instead.
+
+    Swaps Ray's private ``set_sigterm_handler`` and ``RAY_DISABLE_FAILURE_SIGNAL_HANDLER``
+    (the variable of the same name, read when the driver's core worker starts) for the call;
+    where they are not there any more, nothing changes.
+    """
+    utils = getattr(ray._private, "utils", None)
+    constants = getattr(ray._private, "ray_constants", None)
+    set_handler = getattr(utils, "set_sigterm_handler", None)
+    disabled = getattr(constants, "RAY_DISABLE_FAILURE_SIGNAL_HANDLER", None)
+    if set_handler is not None:
+        utils.set_sigterm_handler = lambda handler: None
+    if disabled is not None:
+        constants.RAY_DISABLE_FAILURE_SIGNAL_HANDLER = True
+        faulthandler.enable()
+    try:
+        yield
+    finally:
+        if set_handler is not None:
+            utils.set_sigterm_handler = set_handler
+        if disabled is not None:
+            constants.RAY_DISABLE_FAILURE_SIGNAL_HANDLER = disabled
 
 
 @contextlib.contextmanager
