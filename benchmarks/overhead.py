@@ -4,10 +4,13 @@ Profile (overhead-heavy: tiny batches, many clients): N = 1000, K = 10, B = 4, t
 WKAFL rules, virtual clock, 300 iterations. Both compute the same updates in the same order and
 aggregate them the same way; the final weights must agree within float tolerance (asserted).
 
-    python benchmarks/overhead.py [--iterations 300] [--repeats 2]
+    python benchmarks/overhead.py [--iterations 300] [--repeats 2] [--workers 1 2]
 
 Prints the time of the iteration loop of each (data loading and Ray start excluded; reported
-separately) and the ratio rayfl / plain. Target: at most 1.3 on a 2-core machine.
+separately) and the ratio rayfl / plain. Target: at most 1.3 on a 2-core machine. With
+``--workers``, rayfl runs once per pool size W (``client.num_workers``) and the parallel
+efficiency plain_1thread / (W * rayfl_W) is reported for each (issue 17's target: rayfl / plain
+<= 0.59 at W = 2, i.e. 85 % of twice the one-thread loop).
 """
 
 from __future__ import annotations
@@ -49,6 +52,9 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=300)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--json", help="also write the numbers to this file")
+    parser.add_argument(
+        "--workers", type=int, nargs="+", help="client.num_workers per rayfl run (default: all)"
+    )
     args = parser.parse_args()
     cfg = load_config("wkafl", profile(args.iterations))
     import ray
@@ -57,6 +63,7 @@ def main() -> None:
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level="ERROR")
     ray_start_s = time.perf_counter() - t0
     plain_s, plain1_s, rayfl_loop_s, rayfl_total_s = [], [], [], []
+    by_workers: dict[int, list[float]] = {w: [] for w in args.workers or []}
     w_plain = w_plain2 = w_rayfl = None
     for rep in range(args.repeats):
         # Plain loop with torch's default threads (all cores) and with one thread.
@@ -75,6 +82,9 @@ def main() -> None:
             last = result.metrics.to_pandas().iloc[-1]
             rayfl_loop_s.append(float(last["sys/wall_s"]))  # server start -> last aggregation
             w_rayfl = result.weights
+        for workers, loops in by_workers.items():
+            loops.append(_rayfl_loop(cfg, workers))
+            print(f"repeat {rep}: rayfl loop {loops[-1]:.1f} s with {workers} workers", flush=True)
         print(
             f"repeat {rep}: plain {plain_s[-1]:.1f} s ({os.cpu_count()} threads), "
             f"plain {plain1_s[-1]:.1f} s (1 thread), rayfl loop {rayfl_loop_s[-1]:.1f} s, "
@@ -101,11 +111,35 @@ def main() -> None:
         "weights_identical": identical,
         "max_abs_weight_diff": max_diff,
         "max_abs_weight_diff_vs_2_thread_plain": max_diff_2_threads,
+        "workers": {
+            str(w): {
+                "rayfl_loop_s": loops,
+                "ratio_over_plain_1thread": min(loops) / min(plain1_s),
+                "parallel_efficiency": min(plain1_s) / (w * min(loops)),
+            }
+            for w, loops in by_workers.items()
+        },
     }
     print(json.dumps(out, indent=2))
     print(f"ratio rayfl / plain (best of each) = {ratio:.2f} (target <= 1.3)")
+    for w, row in out["workers"].items():
+        print(
+            f"{w} workers: rayfl / one-thread plain = {row['ratio_over_plain_1thread']:.2f}, "
+            f"parallel efficiency {100 * row['parallel_efficiency']:.0f} %"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
+
+
+def _rayfl_loop(cfg, workers: int) -> float:
+    """Seconds of rayfl's iteration loop (server start to last aggregation) with W workers."""
+    with tempfile.TemporaryDirectory() as tmp:
+        result = rayfl.run(
+            load_config(cfg, [f"client.num_workers={workers}"]),
+            output=Path(tmp) / "run",
+            progress=False,
+        )
+        return float(result.metrics.to_pandas().iloc[-1]["sys/wall_s"])
 
 
 if __name__ == "__main__":

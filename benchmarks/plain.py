@@ -20,6 +20,7 @@ from rayfl.clients.task import DataSpec
 from rayfl.config import ExperimentConfig
 from rayfl.data import load_dataset, partition
 from rayfl.models import build_model, get_flat
+from rayfl.runtime.data import input_scaling
 from rayfl.speed import SpeedModel
 
 
@@ -45,7 +46,9 @@ def plain_run(
     )
     model = build_model(cfg.model, ds.input_shape, ds.num_classes, cfg.seed)
     w = get_flat(model)
-    spec = DataSpec.of(ds.x_train, ds.num_classes, ds.mean, ds.std)
+    # The inputs as the run's data.normalize scales them (x / 255 for the spec's profiles).
+    mean, std = input_scaling(d.normalize, tuple(ds.mean), tuple(ds.std))
+    spec = DataSpec.of(ds.x_train, ds.num_classes, mean, std)
     computer = LocalTrainer(
         build_task(cfg.client.task, cfg.client.task_params, spec),
         cfg.client.task,
