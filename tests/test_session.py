@@ -46,6 +46,8 @@ def test_a_second_local_ray_does_not_wait_for_the_taken_agent_port(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "RETRIES 0" in proc.stdout, proc.stdout + proc.stderr[-2000:]
+    # Ray's notice that token authentication is on: no news for a Ray rayfl starts and stops.
+    assert "Token authentication" not in proc.stderr, proc.stderr[-2000:]
 
 
 # SIGTERM arrives while ray.init still runs, after the driver's core worker connected (Ray's

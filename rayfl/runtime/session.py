@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import faulthandler
 import inspect
+import logging
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -50,6 +51,7 @@ def ensure_ray(address: str | None = None, runtime_env: dict[str, Any] | None = 
         with contextlib.ExitStack() as local:
             if "include_dashboard" in kwargs:
                 local.enter_context(_agent_port_from_the_os())
+                local.enter_context(_quiet(_AUTH_NOTICE_LOGGER))
                 if interrupts.installed():  # seconds: a SIGTERM waits for their end, not lost
                     local.enter_context(interrupts.held())
                     local.enter_context(_ray_keeps_its_signal_handlers_out())
@@ -60,6 +62,24 @@ def ensure_ray(address: str | None = None, runtime_env: dict[str, Any] | None = 
         raise
     interrupts.reinstall()  # ray.init replaced the CLI's SIGTERM handler with Ray's own
     return True
+
+
+# Ray 2.5x+ turns token authentication on for a local cluster and says so in a WARNING on every
+# start ("Set RAY_AUTH_MODE=disabled to opt out"). For a Ray that rayfl starts and stops itself
+# that is no news and no action for the user: their first command's output stays rayfl's own.
+_AUTH_NOTICE_LOGGER = "ray._private.authentication.authentication_token_setup"
+
+
+@contextlib.contextmanager
+def _quiet(logger_name: str) -> Iterator[None]:
+    """The logger ``logger_name`` passes only errors during the block."""
+    logger = logging.getLogger(logger_name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 @contextlib.contextmanager
