@@ -58,7 +58,7 @@ def ensure_ray(address: str | None = None, runtime_env: dict[str, Any] | None = 
             ray.init(address=address, **kwargs)
     except KeyboardInterrupt:  # Ctrl-C, or the SIGTERM held back: stop the Ray it started
         if ray.is_initialized():
-            shutdown_ray()
+            shutdown_ray() if "include_dashboard" in kwargs else ray.shutdown()
         raise
     interrupts.reinstall()  # ray.init replaced the CLI's SIGTERM handler with Ray's own
     return True
