@@ -111,12 +111,13 @@ def held() -> Iterator[None]:
     if not installed():
         yield
         return
+    before = _received
     signal.signal(signal.SIGTERM, _record)
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, _on_sigterm)
-    if _received is not None:
+    if before is None and _received is not None:
         raise Terminated("SIGTERM")
 
 
