@@ -147,17 +147,23 @@ class WorkerPool:
         items: Sequence[T],
         submit: Callable[[Any, list[T]], Any],
         key: Callable[[T], int] = int,
+        work: Callable[[int], float] | None = None,
     ) -> list[tuple[list[T], Any]]:
         """``submit(worker, part)`` for the items grouped by worker, all in flight at once.
 
         Item x goes to worker ``key(x) mod W`` (a client keeps its worker, and that worker its
-        caches) while that worker is alive, else to a live one. A call whose worker died is
-        re-run on a live worker, so the caller gets every part's result whatever died.
+        caches) while that worker is alive, else to a live one. With ``work`` (a client's cost),
+        the clients are spread instead so that the live workers' totals are even
+        (:func:`spread`): for a phase whose result does not depend on the worker and that uses
+        no cache (training), where ``mod W`` left one worker 7 of 10 random clients and the
+        round waited for it. A call whose worker died is re-run on a live worker, so the caller
+        gets every part's result whatever died.
 
         Args:
             items: client ids, offers, ... (anything ``key`` maps to a client id).
             submit: (actor handle, the items for it) -> the ObjectRef of one actor call.
             key: the client id of an item.
+            work: client id -> its cost (e.g. its data size), or None to keep ``mod W``.
 
         Returns:
             (part, result) per call, in the order of the parts' first items.
@@ -167,10 +173,14 @@ class WorkerPool:
         """
         live = self.live()
         n = len(self.workers)
+        placed = spread([int(key(x)) for x in items], work, live) if work is not None else {}
         parts: dict[int, list[T]] = {}
         for x in items:
             c = int(key(x))
-            i = c % n if self.alive[c % n] else live[c % len(live)]
+            if work is not None:
+                i = placed[c]
+            else:
+                i = c % n if self.alive[c % n] else live[c % len(live)]
             parts.setdefault(i, []).append(x)
         calls = [(i, part, submit(self.workers[i], part)) for i, part in parts.items()]
         return [(part, self._get(i, part, ref, submit)) for i, part, ref in calls]
@@ -202,3 +212,20 @@ def user_error(e: ray.exceptions.RayTaskError) -> BaseException:
     """The user's error a worker raised (a bad client task's one-line RayflError) as itself,
     without Ray's remote traceback around it; any other failure as it came."""
     return e.cause if isinstance(e.cause, RayflError) else e
+
+
+def spread(clients: Sequence[int], work: Callable[[int], float], workers: Sequence[int]) -> dict:
+    """client id -> worker, the workers' total work as even as the greedy rule makes it: the
+    costliest client first, each to the least loaded worker (ties: the lower client id, the
+    earlier worker), so the placement depends only on the clients and their costs.
+
+    >>> spread([3, 1, 2, 0], lambda c: 1.0, [0, 1])
+    {0: 0, 1: 1, 2: 0, 3: 1}
+    """
+    load = dict.fromkeys(workers, 0.0)
+    out: dict[int, int] = {}
+    for c in sorted(set(clients), key=lambda c: (-float(work(c)), c)):
+        i = min(workers, key=lambda w: (load[w], w))
+        out[c] = i
+        load[i] += float(work(c))
+    return out

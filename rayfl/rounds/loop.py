@@ -182,6 +182,7 @@ class RoundServer:
         order: Sequence[int] | None = None,
         aligned: bool = False,
         grouped: bool = False,
+        work: Callable[[int], float] | None = None,
     ) -> list[Any]:
         """The one door through which worker replies reach the server; counts their types.
 
@@ -193,9 +194,10 @@ class RoundServer:
         ``aligned`` (each call returns one result per item of its part, items distinct), in the
         order of ``items``; with ``grouped`` (each call returns one list per client of its part,
         in the order of the clients' first items), flattened in the order of the clients' first
-        items.
+        items. ``work`` (client id -> cost) spreads the clients evenly over the workers instead
+        of keeping each on its own (:meth:`WorkerPool.map`).
         """
-        parts = self.pool.map(items, submit, key=_client_of)
+        parts = self.pool.map(items, submit, key=_client_of, work=work)
         if aligned:
             of = {x: r for part, res in parts for x, r in zip(part, res, strict=True)}
             out = [of[x] for x in items]
@@ -317,7 +319,10 @@ class RoundServer:
             extra = {"states": blobs} if blobs else {}
             return worker.train_round.remote(part, t, w_ref, **extra, **server)
 
-        updates = self._receive("training", ids, train, order=ids)
+        # Training is a pure function of (seed, client, t, w(t), state) and uses no worker cache:
+        # spread the clients by data size (E epochs each), not by id, so no worker gets most.
+        sizes = self.sizes
+        updates = self._receive("training", ids, train, order=ids, work=lambda i: float(sizes[i]))
         for u in updates:  # every trained client's update is averaged: keep its new state
             states.accept(u.client_id, u.state)
         self.w, self._agg_metrics = self.aggregator.aggregate(t, self.w, updates)
