@@ -13,7 +13,7 @@ import psutil
 import pytest
 import ray
 
-from rayfl.clients.pool import WorkerPool
+from rayfl.clients.pool import WorkerPool, spread
 from rayfl.clients.worker import make_pool
 from rayfl.config import load_config
 from rayfl.rounds.loop import RoundServer
@@ -103,6 +103,45 @@ def test_a_restarted_worker_without_data_is_attached_again(ray_session):
         assert len(parts) == 2 and pool.failures == 1  # both workers serve again
     finally:
         stop([*workers, fresh])
+
+
+def test_work_spreads_a_rounds_clients_evenly_over_the_workers(ray_session):
+    """With ``work`` (the training phase) the pool places clients so that the workers' totals
+    are even; without it a client keeps its worker (id mod W), as the selection's queries want.
+    Six even ids of eight: mod 2 gives one worker six of them."""
+    server, workers, _ = start("incentive", "iterations=1")
+    w_ref = ray.put(server.w)
+    ids = [0, 2, 4, 6, 8, 10, 1, 3]
+    try:
+        kept = server.pool.map(ids, lambda w, p: bids(w, p, w_ref))
+        spread = server.pool.map(ids, lambda w, p: bids(w, p, w_ref), work=lambda i: 1.0)
+        sized = server.pool.map(
+            ids, lambda w, p: bids(w, p, w_ref), work=lambda i: float(server.sizes[i])
+        )
+    finally:
+        stop(workers)
+    assert sorted(len(part) for part, _ in kept) == [2, 6]
+    assert sorted(len(part) for part, _ in spread) == [4, 4]
+    loads = [sum(int(server.sizes[i]) for i in part) for part, _ in sized]
+    assert len(loads) == 2 and abs(loads[0] - loads[1]) <= max(int(server.sizes[i]) for i in ids)
+    replies = [
+        sorted(b.client_id for _, lists in r for one in lists for b in one) for r in (kept, spread)
+    ]
+    assert replies[0] == replies[1] == sorted(ids)  # every client answered, wherever it went
+
+
+def test_spread_balances_the_greedy_way():
+    """Largest first to the least loaded worker: the totals differ by at most the largest cost,
+    and the placement depends only on the clients and costs (not on their order)."""
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        clients = rng.choice(1000, size=int(rng.integers(1, 40)), replace=False).tolist()
+        cost = {c: float(rng.integers(20, 200)) for c in clients}
+        workers = list(range(int(rng.integers(1, 5))))
+        placed = spread(clients, cost.__getitem__, workers)
+        loads = [sum(cost[c] for c in clients if placed[c] == w) for w in workers]
+        assert max(loads) - min(loads) <= max(cost.values())
+        assert spread(clients[::-1], cost.__getitem__, workers) == placed
 
 
 def _client_worker_pids() -> dict[int, str]:
