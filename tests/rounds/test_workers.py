@@ -64,7 +64,9 @@ def test_an_incentive_round_makes_o_log_steps_calls_per_worker(ray_session):
     assert server.received["selection"]["Bid"] == 20
     # bids: one call per worker per pass; replies: log2(steps) + 2 windows per pass
     assert server.calls["selection"] <= passes * len(workers) * (1 + math.log2(steps) + 3)
-    assert 1 <= server.calls["training"] == server.calls["records"] <= len(workers)
+    # one call per worker at most (training spreads its clients, records keep them by id)
+    assert 1 <= server.calls["training"] <= len(workers)
+    assert 1 <= server.calls["records"] <= len(workers)
     assert row["sys/worker_failures"] == 0
 
 
