@@ -194,7 +194,7 @@ def test_a_worker_killed_mid_run_changes_nothing(ray_session, preset):
     calls_in_round_1: list[object] = []
     real_map = server.pool.map
 
-    def map_and_kill(items, submit, key=int):
+    def map_and_kill(items, submit, key=int, work=None):
         def submit_then_kill(w, part):
             ref = submit(w, part)
             if server.t == 1 and w is victim:
@@ -204,7 +204,7 @@ def test_a_worker_killed_mid_run_changes_nothing(ray_session, preset):
                     killed.append(info[0]["pid"])
             return ref
 
-        return real_map(items, submit_then_kill, key)
+        return real_map(items, submit_then_kill, key, work)
 
     server.pool.map = map_and_kill
     records = []
