@@ -32,18 +32,25 @@ _SECOND_RAY = textwrap.dedent(
 )
 
 
-def test_a_second_local_ray_does_not_wait_for_the_taken_agent_port(tmp_path):
-    """The agent of a Ray that rayfl starts binds a free port at once, even when Ray's fixed
-    port 52365 is taken (before: six bind attempts over 3.3 s, with the raylet waiting)."""
+def _fresh_python(code: str, cwd) -> subprocess.CompletedProcess:
+    """``code`` in a new Python process with no Ray yet (not the test session's) and the
+    default signal dispositions, as a terminal would start it."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    proc = subprocess.run(
-        [sys.executable, "-c", _SECOND_RAY],
+    return subprocess.run(
+        [sys.executable, "-c", code],
         capture_output=True,
         text=True,
         timeout=180,
-        cwd=tmp_path,
+        cwd=cwd,
         env=env,
+        restore_signals=True,
     )
+
+
+def test_a_second_local_ray_does_not_wait_for_the_taken_agent_port(tmp_path):
+    """The agent of a Ray that rayfl starts binds a free port at once, even when Ray's fixed
+    port 52365 is taken (before: six bind attempts over 3.3 s, with the raylet waiting)."""
+    proc = _fresh_python(_SECOND_RAY, tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "RETRIES 0" in proc.stdout, proc.stdout + proc.stderr[-2000:]
     # Ray's notice that token authentication is on: no news for a Ray rayfl starts and stops.
@@ -81,16 +88,7 @@ def test_sigterm_while_ray_init_connects_is_held_and_raised_after(tmp_path):
     """Neither Ray's Python handler (sys.exit(15)) nor its C++ failure handler (a stack dump,
     then abort) answers: the signal is held until ray.init returns, the Ray it started is shut
     down, and Terminated reaches the caller (the CLI's one line and exit 143)."""
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    proc = subprocess.run(
-        [sys.executable, "-c", _SIGTERM_IN_RAY_INIT],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        cwd=tmp_path,
-        env=env,
-        restore_signals=True,
-    )
+    proc = _fresh_python(_SIGTERM_IN_RAY_INIT, tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "TERMINATED after ray.init; Ray still up: False" in proc.stdout, proc.stderr[-2000:]
     assert "handler is rayfl's: True" in proc.stdout
