@@ -214,7 +214,9 @@ def user_error(e: ray.exceptions.RayTaskError) -> BaseException:
     return e.cause if isinstance(e.cause, RayflError) else e
 
 
-def spread(clients: Sequence[int], work: Callable[[int], float], workers: Sequence[int]) -> dict:
+def spread(
+    clients: Sequence[int], work: Callable[[int], float], workers: Sequence[int]
+) -> dict[int, int]:
     """client id -> worker, the workers' total work as even as the greedy rule makes it: the
     costliest client first, each to the least loaded worker (ties: the lower client id, the
     earlier worker), so the placement depends only on the clients and their costs.
@@ -222,10 +224,11 @@ def spread(clients: Sequence[int], work: Callable[[int], float], workers: Sequen
     >>> spread([3, 1, 2, 0], lambda c: 1.0, [0, 1])
     {0: 0, 1: 1, 2: 0, 3: 1}
     """
+    cost = {c: float(work(c)) for c in set(clients)}
     load = dict.fromkeys(workers, 0.0)
     out: dict[int, int] = {}
-    for c in sorted(set(clients), key=lambda c: (-float(work(c)), c)):
+    for c in sorted(cost, key=lambda c: (-cost[c], c)):
         i = min(workers, key=lambda w: (load[w], w))
         out[c] = i
-        load[i] += float(work(c))
+        load[i] += cost[c]
     return out
