@@ -20,6 +20,7 @@ import numpy as np
 import ray
 import torch
 
+from rayfl import threads
 from rayfl.clients.batched import BatchedJobs, JobArgs, batched_jobs
 from rayfl.clients.gpu import cap_memory, out_of_memory_as_error
 from rayfl.clients.local import LocalTrainer, Result
@@ -51,7 +52,7 @@ class ClientWorker:
             cap_memory(self.device, cfg.client.num_gpus)  # its share, not the whole GPU
         else:
             self.device = torch.device("cpu")
-            torch.set_num_threads(max(1, math.floor(cfg.client.num_cpus) or 1))
+            threads.limit(cfg.client.num_cpus)
         self.trainer: LocalTrainer | None = None
         self.batched: BatchedJobs | None = None  # client.batched, where it applies
         self.compute_path = "one job at a time"  # which path and why, in info()

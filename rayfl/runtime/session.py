@@ -19,11 +19,12 @@ import ray
 from rayfl import interrupts
 from rayfl.errors import RayflError
 
-# Not done, on purpose: preloading torch in Ray's prestarted workers (``_system_config=
-# {"preload_python_modules": [...]}``) would start the client workers ~2 s sooner, but numpy is
-# then imported before Ray sets OMP_NUM_THREADS=1 for the actor, so OpenBLAS runs 2 threads in
-# each worker and the default preset's trajectory changes (final accuracy 0.8784 -> 0.9589 on
-# this machine): worker numerics must not depend on how the worker process was started.
+# Not done, on purpose: preloading the worker module in Ray's prestarted workers (``_system_config=
+# {"preload_python_modules": [...]}``). Measured 2026-12-02 (with ``rayfl.threads.limit``, which
+# keeps the numbers of such a worker those of one Ray starts for the actor): Ray starts those
+# processes when the driver registers, at the end of ``ray.init``, also with
+# ``enable_worker_prestart``, so two actors created right after it answered in the same 1.7-1.8 s
+# with the preload as without; only a driver that works ~2 s after ``ray.init`` would gain.
 
 
 def ensure_ray(address: str | None = None, runtime_env: dict[str, Any] | None = None) -> bool:

@@ -16,7 +16,6 @@ evaluation (:mod:`rayfl.evaluation`) and the clients' states (:mod:`rayfl.client
 from __future__ import annotations
 
 import heapq
-import math
 import time
 from typing import Any
 
@@ -24,6 +23,7 @@ import numpy as np
 import ray
 import torch
 
+from rayfl import threads
 from rayfl.aggregation import build_optimizer, build_rule_list, chain, init_rule_state
 from rayfl.aggregation.build import checkpointable
 from rayfl.aggregation.control import Decision, Feedback, build_controls, decide
@@ -121,7 +121,7 @@ class KAsyncServer:
     def _build_model(self) -> None:
         """w_0 (seeded), on the GPU Ray gave the server if any."""
         cfg = self.cfg
-        torch.set_num_threads(max(1, math.floor(cfg.server.num_cpus)))
+        threads.limit(cfg.server.num_cpus)
         use_gpu = bool(ray.get_gpu_ids()) and torch.cuda.is_available()
         self.device = torch.device("cuda" if use_gpu else "cpu")
         self.model = build_model(
