@@ -26,8 +26,10 @@ _SECOND_RAY = textwrap.dedent(
     assert ray.get(ray.put(7)) == 7
     logs = ray._private.worker._global_node.get_logs_dir_path()
     text = "".join(open(f).read() for f in glob.glob(os.path.join(logs, "dashboard_agent.log")))
+    processes = sorted(ray._private.worker._global_node.all_processes)
     shutdown_ray()
     print("RETRIES", text.count("Failed to bind to port"))
+    print("PROCESSES", *processes)
     """
 )
 
@@ -49,10 +51,15 @@ def _fresh_python(code: str, cwd) -> subprocess.CompletedProcess:
 
 def test_a_second_local_ray_does_not_wait_for_the_taken_agent_port(tmp_path):
     """The agent of a Ray that rayfl starts binds a free port at once, even when Ray's fixed
-    port 52365 is taken (before: six bind attempts over 3.3 s, with the raylet waiting)."""
+    port 52365 is taken (before: six bind attempts over 3.3 s, with the raylet waiting), and
+    ray.init does not start or wait for Ray's API server."""
     proc = _fresh_python(_SECOND_RAY, tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "RETRIES 0" in proc.stdout, proc.stdout + proc.stderr[-2000:]
+    # No dashboard process: without the dashboard it would only report usage statistics, and
+    # ray.init would wait for it to register.
+    started = proc.stdout.split("PROCESSES", 1)[1].split()
+    assert "raylet" in started and "dashboard" not in started, started
     # Ray's notice that token authentication is on: no news for a Ray rayfl starts and stops.
     assert "Token authentication" not in proc.stderr, proc.stderr[-2000:]
 
