@@ -15,6 +15,12 @@ not its own used meanwhile and the hypervisor's steal (torch's 2-thread plain lo
 several-fold when others compete for the 2 cores; rayfl's 1-thread workers much less).
 
     python benchmarks/short.py [--repeats 5] [--rounds 10] [--quick] [--json PATH]
+    python benchmarks/short.py --join-ray     # rayfl joins a Ray started once for all its runs
+
+``--join-ray`` measures what a run costs where Ray is already up (a Tune trial, `rayfl reproduce`,
+a notebook's next run, `--address`): the harness starts one Ray (its processes count as the
+runs') and every rayfl child passes its address; the child's workers still start, as each run is
+its own Ray job.
 
 Target: rayfl / plain <= 1.15 (ratio of the median wall times). Run it from any folder: the
 children run in a temporary folder, so Ray's workers import rayfl from where this process
@@ -24,6 +30,7 @@ does (put a snapshot first on PYTHONPATH to measure it while others edit the tre
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import importlib.metadata
 import importlib.util
@@ -36,6 +43,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -111,7 +119,7 @@ def timed(owner: Any, name: str, spans: dict[str, list[tuple[float, float]]], la
     setattr(owner, name, wrapper)
 
 
-def child_rayfl(rounds: int, out: str, json_path: str) -> None:
+def child_rayfl(rounds: int, out: str, json_path: str, address: str | None = None) -> None:
     """One ``rayfl.run`` with its phases stamped; writes them to ``json_path``."""
     marks = {"start": time.time()}
     # What `rayfl run` imports before it starts (rayfl.api, which loads torch first; the rounds
@@ -141,7 +149,9 @@ def child_rayfl(rounds: int, out: str, json_path: str) -> None:
     RoundsEngine.start = start_and_wrap_the_server
     timed(RoundsEngine, "start", spans, "engine start")
     timed(driver, "shutdown_ray", spans, "ray.shutdown")
-    result = rayfl.run("random", overrides=overrides(rounds), output=out, progress=False)
+    result = rayfl.run(
+        "random", overrides=overrides(rounds), output=out, progress=False, address=address
+    )
     marks["end"] = time.time()
     report = {
         "marks": marks,
@@ -156,13 +166,16 @@ def child_rayfl(rounds: int, out: str, json_path: str) -> None:
 # --- the parent ------------------------------------------------------------------------------
 
 
-def spawn(kind: str, rounds: int, workdir: Path, threads: int | None) -> dict[str, Any]:
+def spawn(
+    kind: str, rounds: int, workdir: Path, threads: int | None, address: str | None = None
+) -> dict[str, Any]:
     """Runs one child in a fresh folder; its wall time (spawn to exit), phases and results."""
     run = workdir / f"{kind}-{time.time_ns()}"
     run.mkdir()
     stamps = run / "stamps.json"
     if kind == "rayfl":
         cmd = [sys.executable, str(Path(__file__).resolve()), "--child", str(run / "run")]
+        cmd += ["--address", address] if address else []
     else:
         cmd = [sys.executable, str(PLAIN), "--out", str(run)]
         cmd += ["--threads", str(threads)] if threads else []
@@ -393,7 +406,13 @@ def parse_args() -> argparse.Namespace:
         default=0.1,
         help="a run whose others' CPU + steal share reaches this is left out of the clean medians",
     )
+    parser.add_argument(
+        "--join-ray",
+        action="store_true",
+        help="start one Ray for all runs; each rayfl run joins it (--address)",
+    )
     parser.add_argument("--child", metavar="RUN_DIR", help=argparse.SUPPRESS)
+    parser.add_argument("--address", help=argparse.SUPPRESS)
     return parser.parse_args()
 
 
@@ -401,11 +420,11 @@ def run_interleaved(args: argparse.Namespace) -> list[dict[str, Any]]:
     """``args.repeats`` runs of each kind, interleaved; the order flips each repeat (rayfl,
     plain, plain, rayfl, ...) and each run waits for a quiet machine."""
     runs = []
-    with tempfile.TemporaryDirectory(prefix="rayfl-short-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="rayfl-short-") as tmp, shared_ray(args) as address:
         for rep in range(args.repeats):
             for kind in ("rayfl", "plain") if rep % 2 == 0 else ("plain", "rayfl"):
                 busy = wait_quiet(args.quiet, args.max_wait)
-                run = spawn(kind, args.rounds, Path(tmp), args.plain_threads)
+                run = spawn(kind, args.rounds, Path(tmp), args.plain_threads, address)
                 runs.append({"repeat": rep, "busy_before": busy, **run})
                 print(
                     f"repeat {rep} {kind:<5}: {run['wall_s']:6.2f} s (machine busy before "
@@ -414,6 +433,24 @@ def run_interleaved(args: argparse.Namespace) -> list[dict[str, Any]]:
                     flush=True,
                 )
     return runs
+
+
+@contextlib.contextmanager
+def shared_ray(args: argparse.Namespace) -> Iterator[str | None]:
+    """With ``--join-ray``: a Ray on this machine for all the runs (as a Tune search or
+    ``rayfl reproduce`` has), its address; else None. Its processes inherit :data:`MARK`, so
+    their CPU counts as the runs', not as others'."""
+    if not args.join_ray:
+        yield None
+        return
+    import ray
+
+    os.environ[MARK] = "1"
+    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level="ERROR")
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()
 
 
 def summarize(runs: list[dict[str, Any]], noisy: float) -> dict[str, Any]:
@@ -440,7 +477,7 @@ def summarize(runs: list[dict[str, Any]], noisy: float) -> dict[str, Any]:
 def main() -> None:
     args = parse_args()
     if args.child:
-        child_rayfl(args.rounds, args.child, args.json)
+        child_rayfl(args.rounds, args.child, args.json, args.address)
         return
     if args.quick:
         args.rounds, args.repeats = 2, 1
@@ -461,6 +498,7 @@ def main() -> None:
         "rounds": args.rounds,
         "repeats": args.repeats,
         "overrides": overrides(args.rounds),
+        "join_ray": args.join_ray,
     }
     out = {"machine": machine(), "source": source(), "experiment": experiment, "runs": runs}
     out.update(result, target=TARGET)
