@@ -17,10 +17,10 @@ several-fold when others compete for the 2 cores; rayfl's 1-thread workers much 
     python benchmarks/short.py [--repeats 5] [--rounds 10] [--quick] [--json PATH]
     python benchmarks/short.py --join-ray     # rayfl joins a Ray started once for all its runs
 
-``--join-ray`` measures what a run costs where Ray is already up (a Tune trial, `rayfl reproduce`,
-a notebook that called `ray.init`, `--address`): the harness starts one Ray (its processes count as the
-runs') and every rayfl child passes its address; the child's workers still start, as each run is
-its own Ray job.
+``--join-ray`` measures what a run costs where Ray is already up (a Tune trial, `rayfl
+reproduce`, a notebook that called `ray.init`, `--address`): the harness starts one Ray (its
+processes count as the runs') and every rayfl child passes its address; the child's workers
+still start, as each run is its own Ray job.
 
 Target: rayfl / plain <= 1.15 (ratio of the median wall times). Run it from any folder: the
 children run in a temporary folder, so Ray's workers import rayfl from where this process
