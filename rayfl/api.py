@@ -51,6 +51,9 @@ def run(
         output: the run folder, or a storage URI (``s3://...``, ``gs://...``, ``file://...``)
             that every node can reach; default ``runs/<name>-<timestamp>``.
         address: a Ray cluster to connect to if Ray is not running yet (as ``ray.init``).
+            With neither, the call starts a local Ray and stops it at the end (~2-3 s on 2
+            cores); for several runs in one process call ``ray.init()`` once first, and each
+            run joins it (docs/benchmarks.md, "A short experiment end to end").
         progress: show a progress bar; default when stderr is a terminal.
         dataset: the data set already in the object store (``share_dataset``); it must be the
             config's data set. Used by Ray Tune so that trials share one copy.
