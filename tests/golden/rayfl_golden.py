@@ -63,7 +63,16 @@ ATOL = 1e-6
 # within RTOL. Measured: rtol 3e-2 leaves 1 mismatch there, 1e-1 none. The cause was not found
 # (the cosines' float32 error is 5e-6 on that machine, the gradients' 1e-7 against float64), so
 # the tolerance is wider for this preset only; its discrete columns stay exact.
-PRESET_RTOL = {"tiny": 1e-1}
+#
+# The four *-stale presets (N = 1000, WKAFL's reweighting) recorded on an Intel Xeon gave, on an
+# AMD EPYC (2026-12-03), the same discrete values and every float within RTOL except two
+# aggregation weights per preset, off by 1.3e-3 to 1.9e-3 relative (at iterations 5-6 and 14):
+# rtol 1e-2 for them, five times the largest drift seen.
+STALE_RTOL = 1e-2
+PRESET_RTOL = {
+    "tiny": 1e-1,
+    **{p: STALE_RTOL for p in ("akafl-stale", "akafl-r-stale", "akafl-rj-stale", "wkafl-stale")},
+}
 
 RECORD_HINT = (
     "git worktree add --detach /tmp/rayfl-pristine <commit before your change> && cd /tmp && "
@@ -90,6 +99,7 @@ IGNORED: dict[str, dict[str, str]] = {
         "server_s_per_iteration": "wall clock",
         "environment": "the machine (its kernels are compared through the fingerprint instead)",
         "num_workers": "the cluster's size",
+        "aggregation_backend": "where the chain computed (numpy on the host for every golden)",
         "worker_nodes": "node ids of this Ray session",
         "wasted_jobs": "depends on the lookahead window, which is sized from the workers",
         "worker_failures": "the cluster's health, not the algorithm",
