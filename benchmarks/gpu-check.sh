@@ -11,10 +11,12 @@
 #    message (benchmarks/gpu_correctness.py, through gpu.py --check);
 # 3. measures client updates/s of the paper CNN end to end (rayfl.run on the virtual clock):
 #    B = 4 and 16, K = 10 and 100, 1/2/4/8 workers per GPU, one-job vs batched (gpu.py; about
-#    15-20 minutes on one GPU).
+#    15-20 minutes on one GPU);
+# 4. times the server's rule chain (WKAFL + SGD, K = 100) on numpy (CPU) and on torch (CUDA),
+#    at the MLP's and the paper CNN's P (benchmarks/chain.py; aggregation.backend).
 #
 # Results go to RESULTS_DIR (default runs/gpu-check-<time>): environment.txt, check.json,
-# check.log, grid.json, grid.log. Without CUDA it runs the CPU-sized grid (gpu.py --quick).
+# check.log, grid.json, grid.log, chain-<backend>-<P>.json. Without CUDA it runs the CPU-sized grid (gpu.py --quick).
 # PYTHON picks the interpreter (default python3). Exit status 1 if the correctness check fails.
 set -euo pipefail
 
@@ -89,6 +91,16 @@ say "throughput: client updates/s (paper CNN, end to end)"
 GRID=()
 [ "$CUDA" = 1 ] || { echo "no CUDA: the CPU-sized grid"; GRID=(--quick); }
 "$PY" benchmarks/gpu.py ${GRID[@]+"${GRID[@]}"} --json "$RESULTS/grid.json" "$@" 2>&1 | tee "$RESULTS/grid.log"
+
+say "server chain: ms per iteration, numpy on the CPU vs torch on the GPU (K = 100)"
+BACKENDS=(numpy)
+[ "$CUDA" = 1 ] && BACKENDS+=(torch)
+for P in 25450 582026; do
+  for B in "${BACKENDS[@]}"; do
+    "$PY" benchmarks/chain.py --backend "$B" --device cuda --params "$P" --iterations 50 \
+      --repeats 3 --json "$RESULTS/chain-$B-$P.json" | grep -E '"(backend|params|ms_per_iteration)"'
+  done
+done
 
 say "results in $RESULTS"
 if [ "$CHECK" != 0 ]; then

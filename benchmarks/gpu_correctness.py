@@ -9,7 +9,10 @@ CNN on the bundled MNIST, B = 4 and 16, E = 1 and 3 local steps, 16 jobs on 4 ve
 - CUDA batched vs the reference with torch's defaults (cuDNN convolutions in TF32 on Ampere and
   later: 10-bit mantissas, so about 1e-3 apart; reported, checked loosely);
 - the worker's own check (``batched_jobs`` with ``client.batched=auto`` picks the batched path
-  on CUDA) and the out-of-memory message (a tiny memory cap, then a batch that cannot fit).
+  on CUDA) and the out-of-memory message (a tiny memory cap, then a batch that cannot fit);
+- the server's rule chain (WKAFL's rules and FedAdam, K = 100, the paper CNN's P) on torch
+  (``aggregation.backend=torch``) on the CPU and on CUDA against numpy: the same selections, the
+  model within float32 tolerance.
 
 The error of one comparison is max |a - b| / max |b| over the jobs' update vectors (and the
 loss's relative difference). Without CUDA only the CPU comparison runs.
@@ -125,6 +128,35 @@ def worker_checks() -> dict[str, Any]:
     return {"auto_path": chosen, "oom_message": message}
 
 
+def chain_check(device: str, iterations: int = 6, k: int = 100) -> dict[str, Any]:
+    """The WKAFL chain and FedAdam on torch (``device``) against numpy, from the same updates."""
+    from rayfl.aggregation import OPTIMIZERS, RECIPES, build_rules, start_step
+    from rayfl.aggregation.backend import Placement, to_host_tree
+
+    rng = np.random.default_rng(0)
+    p = 582_026  # the paper CNN
+    base = rng.standard_normal(p).astype(np.float32)
+    vectors = (base + 2.0 * rng.standard_normal((k, p))).astype(np.float32) * np.float32(0.01)
+    vectors[::7] *= 20_000  # above momentum_clip's C1
+    finals, selected = [], []
+    for placement in (Placement("numpy"), Placement("torch", device)):
+        rule, opt = build_rules(RECIPES["wkafl"]()), OPTIMIZERS["fedadam"]()
+        w = placement.native(base.copy())
+        rule_state, opt_state = rule.init(w), opt.init(w)
+        picks = []
+        for t in range(iterations):
+            updates = placement.native(np.roll(vectors, t, axis=0))
+            step = start_step(t + 1000, updates, np.arange(k) % 9, np.ones(k), 0.05)
+            step, rule_state = rule.update(step, rule_state, w)
+            w, opt_state = opt.apply(step, opt_state, w)
+            rule_state = rule.commit(step, rule_state, w)
+            picks.append(step.metrics["agg/selected"])
+        finals.append(np.asarray(to_host_tree(w)))
+        selected.append(picks)
+    err = float(np.abs(finals[1] - finals[0]).max() / np.abs(finals[0]).max())
+    return {"device": device, "model": err, "same_selections": selected[0] == selected[1]}
+
+
 def correctness() -> dict[str, Any]:
     """Every case and whether all are within their tolerances (``ok``)."""
     cases = [compare(b, e) for b in (4, 16) for e in (1, 3)]
@@ -136,6 +168,11 @@ def correctness() -> dict[str, Any]:
                 err["ok"] = err["update"] <= bound and err["loss"] <= bound
                 ok = ok and err["ok"]
     out: dict[str, Any] = {"cuda": torch.cuda.is_available(), "cases": cases}
+    devices = ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
+    out["chain"] = [chain_check(d) for d in devices]
+    for check in out["chain"]:
+        check["ok"] = check["model"] <= STRICT and check["same_selections"]
+        ok = ok and check["ok"]
     if torch.cuda.is_available():
         out["worker"] = worker_checks()
         ok = ok and out["worker"]["auto_path"] == "batched"

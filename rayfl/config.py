@@ -297,6 +297,10 @@ class AggregationConfig:
     staleness: Literal["true", "nominal"] = "true"
     """true: a client computes on the version it received; nominal: on the newest version
     (the public WKAFL code), staleness then only enters the weights and the lr (spec section 7)."""
+    backend: Literal["auto", "numpy", "torch"] = "auto"
+    """Where the rule chain and the server optimizer compute: numpy on the host, torch on the
+    server's device (its GPU with server.num_gpus > 0), or auto: torch when the server has a GPU
+    and every rule accepts it, else numpy (rayfl.aggregation.backend)."""
 
     def __post_init__(self) -> None:
         _positive("aggregation.k", self.k)
@@ -304,12 +308,14 @@ class AggregationConfig:
         if self.max_update_norm is not None:
             _positive("aggregation.max_update_norm", self.max_update_norm)
         from rayfl.aggregation import build_optimizer, build_rule_list, normalize_rules
+        from rayfl.aggregation.backend import choose as choose_backend
         from rayfl.aggregation.control import build_controls
 
         object.__setattr__(self, "rules", normalize_rules(self.rules))  # the one written form
-        build_rule_list(self.rules)  # raises ConfigError naming aggregation.rules.<rule>.<param>
-        build_optimizer(self.optimizer)
+        rules = build_rule_list(self.rules)  # ConfigError naming aggregation.rules.<rule>.<param>
+        optimizer = ("aggregation.optimizer", build_optimizer(self.optimizer))
         build_controls(self.control)
+        choose_backend(self.backend, rules, optimizer, has_gpu=False)  # a chain it cannot run
 
 
 @dataclasses.dataclass(frozen=True)

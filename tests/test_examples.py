@@ -63,6 +63,21 @@ def test_server_momentum_by_hand():
     assert w2.dtype == np.float32
 
 
+def test_server_momentum_runs_on_torch_tensors_too():
+    """The example declares both backends (aggregation.backend): on tensors it gives the same
+    numbers and keeps its state on the params' device."""
+    import torch
+
+    opt = server_momentum(beta=0.5)
+    assert opt.backends == ("numpy", "torch")
+    w = torch.tensor([1.0, 1.0])
+    s = dataclasses.replace(step([[0, 0]], lr=0.1), direction=torch.tensor([2.0, 0.0]))
+    w1, state = opt.apply(s, opt.init(w), w)
+    w2, state = opt.apply(s, state, w1)
+    assert isinstance(w2, torch.Tensor) and isinstance(state.velocity, torch.Tensor)
+    np.testing.assert_allclose(w2.numpy(), [0.5, 1.0], rtol=1e-6)
+
+
 def test_client_momentum_by_hand():
     import torch
 

@@ -3,6 +3,10 @@
 A server optimizer is ``ServerOptimizer(init, apply)`` from ``rayfl.aggregation``: ``init(params)
 -> state`` and ``apply(step, state, params) -> (new_params, state)``, where ``step.direction`` is
 the rule chain's g_t and ``step.lr`` its eta_t. It must return float32 params of the same shape.
+
+This one runs on both of ``aggregation.backend``'s backends (numpy on the host, torch on the
+server's GPU): it says so in ``backends`` and uses ``rayfl.aggregation.arrays`` where numpy and
+torch differ (making zeros, the float32 cast); its arithmetic is the same on both.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from rayfl.aggregation import ServerOptimizer, Step
+from rayfl.aggregation import ServerOptimizer, Step, arrays
 
 
 class MomentumState(NamedTuple):
@@ -29,12 +33,12 @@ def server_momentum(beta: float = 0.9, nesterov: bool = False) -> ServerOptimize
         raise ValueError("beta must be in [0, 1)")
 
     def init(params: np.ndarray) -> MomentumState:
-        return MomentumState(np.zeros_like(params, dtype=np.float32))
+        return MomentumState(arrays.zeros(params))  # on the params' backend and device
 
     def apply(step: Step, state: MomentumState, params: np.ndarray):
         v = np.float32(beta) * state.velocity + step.direction
         move = step.direction + np.float32(beta) * v if nesterov else v
-        new = (params - np.float32(step.lr) * move).astype(np.float32, copy=False)
-        return new, MomentumState(v.astype(np.float32, copy=False))
+        new = arrays.float32(params - np.float32(step.lr) * move)
+        return new, MomentumState(arrays.float32(v))
 
-    return ServerOptimizer(init, apply)
+    return ServerOptimizer(init, apply, backends=("numpy", "torch"))

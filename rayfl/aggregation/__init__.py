@@ -1,6 +1,7 @@
 """Aggregation: composable rules and server optimizers (optax-style, explicit state), the recipes
 built from them, and the control rules of AKAFL-RJ."""
 
+from rayfl.aggregation import arrays
 from rayfl.aggregation.base import (
     STAGES,
     Rule,
@@ -38,6 +39,7 @@ from rayfl.aggregation.rules import (
 )
 
 __all__ = [
+    "arrays",
     "OPTIMIZERS",
     "RECIPES",
     "RULES",

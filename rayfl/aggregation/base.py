@@ -32,6 +32,12 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from rayfl.aggregation import arrays
+
+BACKENDS = ("numpy", "torch")
+"""Where a chain's big arrays live: numpy arrays on the host, or torch tensors on the server's
+device (``aggregation.backend``; rayfl.aggregation.backend)."""
+
 STAGES = ("updates", "aggregate", "direction", "lr")
 """Where a rule stands in a chain, in this order:
 
@@ -94,6 +100,9 @@ class Rule(NamedTuple):
     stage: str = "updates"  # one of STAGES
     commit: Callable[[Step, Any, np.ndarray], Any] = _no_commit  # (final step, state, w_{t+1})
     broadcast: Callable[[Any], Mapping[str, np.ndarray]] | None = None  # state -> to clients
+    # The array backends its update and commit accept (rayfl.aggregation.backend): "numpy"
+    # (host arrays) and/or "torch" (tensors on the server's device, via rayfl.aggregation.arrays).
+    backends: tuple[str, ...] = ("numpy",)
 
 
 class ServerOptimizer(NamedTuple):
@@ -101,6 +110,7 @@ class ServerOptimizer(NamedTuple):
 
     init: Callable[[np.ndarray], Any]  # init(w_0) -> state
     apply: Callable[[Step, Any, np.ndarray], tuple[np.ndarray, Any]]  # -> (w_{t+1}, state)
+    backends: tuple[str, ...] = ("numpy",)  # as Rule.backends
 
 
 def chain(*rules: Rule) -> Rule:
@@ -125,9 +135,10 @@ def chain(*rules: Rule) -> Rule:
     def commit(step: Step, state: tuple[Any, ...], params: np.ndarray) -> tuple[Any, ...]:
         return tuple(r.commit(step, s, params) for r, s in zip(rules, state, strict=True))
 
+    backends = common_backends(rules)
     senders = [(i, r.broadcast) for i, r in enumerate(rules) if r.broadcast is not None]
     if not senders:
-        return Rule(init, update, "updates", commit)
+        return Rule(init, update, "updates", commit, None, backends)
 
     def broadcast(state: tuple[Any, ...]) -> dict[str, np.ndarray]:
         out: dict[str, np.ndarray] = {}
@@ -135,13 +146,20 @@ def chain(*rules: Rule) -> Rule:
             out.update(send(state[i]))
         return out
 
-    return Rule(init, update, "updates", commit, broadcast)
+    return Rule(init, update, "updates", commit, broadcast, backends)
+
+
+def common_backends(parts: Sequence[Rule | ServerOptimizer]) -> tuple[str, ...]:
+    """The backends every one of ``parts`` accepts, in the order of :data:`BACKENDS`."""
+    return tuple(b for b in BACKENDS if all(b in p.backends for p in parts))
 
 
 def final_direction(step: Step) -> np.ndarray:
     """g_t: ``step.direction`` if a rule set it, else the weighted sum of the updates. (P,) float32."""
     if step.direction is not None:
         return step.direction
+    if arrays.is_tensor(step.updates):
+        return arrays.weighted_sum(step.weights, step.updates)
     w = np.asarray(step.weights, dtype=np.float32)
     return (w @ step.updates).astype(np.float32, copy=False)
 

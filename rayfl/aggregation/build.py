@@ -19,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from rayfl.aggregation.base import STAGES, Rule, ServerOptimizer, chain
+from rayfl.aggregation.backend import to_host_tree
+from rayfl.aggregation.base import BACKENDS, STAGES, Rule, ServerOptimizer, chain
 from rayfl.aggregation.optimizers import OPTIMIZERS
 from rayfl.aggregation.privacy import PRIVACY_RULES
 from rayfl.aggregation.rules import RULES as CORE_RULES
@@ -132,7 +133,7 @@ def build_optimizer(spec: Any) -> ServerOptimizer:
     field = f"{OPTIMIZER_FIELD}.{name}" if params else OPTIMIZER_FIELD
     opt = build(field, name, OPTIMIZERS, params, "server optimizer")
     check_shape(f"{OPTIMIZER_FIELD}={name!r}", opt, "ServerOptimizer", OPTIMIZER_METHODS)
-    return ServerOptimizer(opt.init, opt.apply)
+    return ServerOptimizer(opt.init, opt.apply, _checked_backends(field, opt))
 
 
 def checkpointable(where: str, state: Any) -> Any:
@@ -141,7 +142,7 @@ def checkpointable(where: str, state: Any) -> Any:
     from rayfl.runtime.safestate import UnsafeState, encode
 
     try:
-        encode(state, {}, "state")
+        encode(to_host_tree(state), {}, "state")
     except UnsafeState as e:
         raise ConfigError(
             f"{where}: its state ({type(state).__name__}) cannot be checkpointed: {e}"
@@ -163,4 +164,17 @@ def _checked_rule(field: str, rule: Any) -> Rule:
     broadcast = getattr(rule, "broadcast", None)
     if broadcast is not None:
         check_callable(field, broadcast, "its broadcast(state)", 1)
-    return Rule(rule.init, rule.update, stage, commit, broadcast)
+    return Rule(rule.init, rule.update, stage, commit, broadcast, _checked_backends(field, rule))
+
+
+def _checked_backends(field: str, part: Any) -> tuple[str, ...]:
+    """A rule's or optimizer's ``backends`` (default numpy only), checked."""
+    backends = getattr(part, "backends", ("numpy",))
+    if isinstance(backends, str):
+        backends = (backends,)
+    backends = tuple(backends)
+    if not backends or any(b not in BACKENDS for b in backends):
+        raise ConfigError(
+            f"{field}: its backends {backends!r} must name one or more of {', '.join(BACKENDS)}"
+        )
+    return backends

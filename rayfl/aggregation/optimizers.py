@@ -42,11 +42,13 @@ from typing import NamedTuple
 
 import numpy as np
 
+from rayfl.aggregation import arrays
 from rayfl.aggregation.base import ServerOptimizer, Step
 from rayfl.errors import RayflError
 from rayfl.validation import check_int, check_real, fail
 
 FIELD = "aggregation.optimizer"
+BOTH = ("numpy", "torch")  # the optimizers that run on either backend (rayfl.aggregation.arrays)
 
 
 class NoState(NamedTuple):
@@ -73,7 +75,7 @@ class AdaptiveState(NamedTuple):
 def _direction(step: Step) -> np.ndarray:
     """g_t as float32; the chain always sets it before the optimizer runs."""
     assert step.direction is not None
-    return np.asarray(step.direction, dtype=np.float32)
+    return arrays.float32(step.direction)
 
 
 def _check_decay(name: str, param: str, value: float, example: float) -> float:
@@ -123,10 +125,10 @@ def sgd() -> ServerOptimizer:
 
     def apply(step: Step, state: NoState, params: np.ndarray) -> tuple[np.ndarray, NoState]:
         assert step.direction is not None  # the chain always sets it
-        new = (params - np.float32(step.lr) * step.direction).astype(np.float32, copy=False)
+        new = arrays.float32(params - np.float32(step.lr) * step.direction)
         return new, state
 
-    return ServerOptimizer(init, apply)
+    return ServerOptimizer(init, apply, BOTH)
 
 
 def fedavgm(momentum: float = 0.9, nesterov: bool = False) -> ServerOptimizer:
@@ -143,7 +145,7 @@ def fedavgm(momentum: float = 0.9, nesterov: bool = False) -> ServerOptimizer:
     nesterov = _check_bool(f"{FIELD}.fedavgm.nesterov", nesterov)
 
     def init(params: np.ndarray) -> ServerMomentumState:
-        return ServerMomentumState(np.zeros(np.shape(params), dtype=np.float32))
+        return ServerMomentumState(arrays.zeros(params))
 
     def apply(
         step: Step, state: ServerMomentumState, params: np.ndarray
@@ -152,9 +154,9 @@ def fedavgm(momentum: float = 0.9, nesterov: bool = False) -> ServerOptimizer:
         m = mu * state.momentum + g
         move = g + mu * m if nesterov else m
         new = params - np.float32(step.lr) * move
-        return new.astype(np.float32, copy=False), ServerMomentumState(m)
+        return arrays.float32(new), ServerMomentumState(m)
 
-    return ServerOptimizer(init, apply)
+    return ServerOptimizer(init, apply, BOTH)
 
 
 SecondMoment = Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -167,10 +169,10 @@ def _adaptive(beta1: float, tau: float, second_moment: SecondMoment) -> ServerOp
     tau32 = np.float32(tau)
 
     def init(params: np.ndarray) -> AdaptiveState:
-        zeros = np.zeros(np.shape(params), dtype=np.float32)
+        zeros = arrays.zeros(params)
         # v_{-1} = tau^2: the least the paper allows, so that the first step is not damped more
-        # than tau already damps it.
-        return AdaptiveState(zeros, np.full_like(zeros, tau32 * tau32))
+        # than tau already damps it. (0 + tau^2 is tau^2 exactly, on either backend.)
+        return AdaptiveState(zeros, zeros + tau32 * tau32)
 
     def apply(
         step: Step, state: AdaptiveState, params: np.ndarray
@@ -178,10 +180,10 @@ def _adaptive(beta1: float, tau: float, second_moment: SecondMoment) -> ServerOp
         delta = -_direction(step)  # Reddi et al.'s Delta_t: the ascent-signed model change
         m = b1 * state.m + one_minus_b1 * delta
         v = second_moment(state.v, delta * delta)
-        new = params + np.float32(step.lr) * m / (np.sqrt(v) + tau32)
-        return new.astype(np.float32, copy=False), AdaptiveState(m, v)
+        new = params + np.float32(step.lr) * m / (arrays.xp(v).sqrt(v) + tau32)
+        return arrays.float32(new), AdaptiveState(m, v)
 
-    return ServerOptimizer(init, apply)
+    return ServerOptimizer(init, apply, BOTH)
 
 
 def fedadagrad(beta1: float = 0.9, tau: float = 1e-3) -> ServerOptimizer:
@@ -239,7 +241,7 @@ def fedyogi(beta1: float = 0.9, beta2: float = 0.99, tau: float = 1e-3) -> Serve
     tau = _check_tau("fedyogi", tau)
 
     def yogi(v: np.ndarray, delta_sq: np.ndarray) -> np.ndarray:
-        return v - one_minus_b2 * delta_sq * np.sign(v - delta_sq)
+        return v - one_minus_b2 * delta_sq * arrays.xp(v).sign(v - delta_sq)
 
     return _adaptive(b1, tau, yogi)
 

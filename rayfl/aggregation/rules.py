@@ -38,6 +38,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from rayfl.aggregation import arrays
 from rayfl.aggregation.base import Rule, Step
 from rayfl.validation import check_int, check_real, fail
 
@@ -68,24 +69,24 @@ def clip_by_norm(updates: np.ndarray, max_norm: float, *, owned: bool = False) -
     >>> clip_by_norm(np.array([[6.0, 8.0], [1.0, 0.0]], np.float32), 5.0).tolist()
     [[3.0, 4.0], [1.0, 0.0]]
     """
-    x = np.asarray(updates, dtype=np.float32)
-    norms = np.sqrt(
-        np.einsum("ij,ij->i", x, x).astype(np.float64)
-    )  # (K,); BLAS-speed, float32 sums
+    x = arrays.float32(updates)
+    norms = np.sqrt(arrays.row_sq_norms(x))  # (K,) on the host; BLAS-speed, float32 sums
     over = norms > max_norm
     if not over.any():
-        return x if owned or x is not updates else x.copy()
+        return x if owned or x is not updates else arrays.copy(x)
     scale = np.ones_like(norms)
     scale[over] = max_norm / norms[over]
-    if owned and x is updates:
-        x *= scale.astype(np.float32)[:, None]
-        return x
-    return x * scale.astype(np.float32)[:, None]
+    return arrays.scale_rows(x, scale, in_place=owned and x is updates)
 
 
-def _weighted_sum(weights: np.ndarray, updates: np.ndarray) -> np.ndarray:
-    """sum_i weights_i * updates_i as (P,) float32 (one BLAS gemv; the (K, P) block is not copied)."""
-    return np.asarray(weights, dtype=np.float32) @ np.asarray(updates, dtype=np.float32)
+_weighted_sum = arrays.weighted_sum  # sum_i weights_i * updates_i, (P,) float32: one gemv
+
+
+def _norm(v: arrays.Array) -> float:
+    """||v|| of a (P,) float32 vector: the root taken in float32, as the rules always have."""
+    if arrays.is_tensor(v):
+        return float(v.dot(v).sqrt())
+    return float(np.sqrt(np.dot(v, v)))
 
 
 def _estimate_of(step: Step) -> np.ndarray:
@@ -99,13 +100,16 @@ def _empty(params: np.ndarray) -> EmptyState:
     return EmptyState()
 
 
+BOTH = ("numpy", "torch")  # every rule here runs on either backend (rayfl.aggregation.arrays)
+
+
 def _stateless(update: Callable[[Step], Step], stage: str = "updates") -> Rule:
     """Wraps a pure ``Step -> Step`` function as a Rule with :class:`EmptyState`."""
 
     def update_rule(step: Step, state: EmptyState, params: np.ndarray) -> tuple[Step, EmptyState]:
         return update(step), state
 
-    return Rule(_empty, update_rule, stage)
+    return Rule(_empty, update_rule, stage, backends=BOTH)
 
 
 # --- the rules, in the order of spec section 3 ---------------------------------------------------
@@ -157,19 +161,19 @@ def momentum_clip(alpha: float = 0.1, c1: float = 100.0) -> Rule:
         return MomentumState(None)
 
     def update(step: Step, state: MomentumState, params: np.ndarray) -> tuple[Step, MomentumState]:
-        g = np.asarray(step.updates, dtype=np.float32)  # (K, P)
+        g = arrays.float32(step.updates)  # (K, P)
         writable = step.updates_writable and g is step.updates  # the server's own stack
         owned = writable
         if state.previous is not None and alpha != 0.0:
-            shift = np.float32(alpha) * np.asarray(state.previous, dtype=np.float32)[None, :]
-            g = np.add(g, shift, out=g if writable else None)  # the same floats either way
+            shift = np.float32(alpha) * arrays.float32(state.previous)[None, :]
+            g = arrays.add(g, shift, in_place=writable)  # the same floats either way
             owned = True  # a new array, or the writable stack: clip may scale it in place
         return dataclasses.replace(step, updates=clip_by_norm(g, c1, owned=owned)), state
 
     def commit(step: Step, state: MomentumState, params: np.ndarray) -> MomentumState:
         return MomentumState(step.direction)
 
-    return Rule(init, update, "updates", commit)
+    return Rule(init, update, "updates", commit, backends=BOTH)
 
 
 def staleness_weights(lam: float = 1.0 - math.log(2.0)) -> Rule:
@@ -245,11 +249,11 @@ def similarity_select(c_min: float = 0.3, beta: float = 10.0) -> Rule:
 
     def update(step: Step) -> Step:
         g_est = _estimate_of(step)
-        g = np.asarray(step.updates, dtype=np.float32)  # (K, P)
-        est = np.asarray(g_est, dtype=np.float32)  # (P,)
-        norms = np.sqrt(np.einsum("ij,ij->i", g, g).astype(np.float64))  # (K,)
-        denom = norms * float(np.sqrt(np.dot(est, est)))  # (K,)
-        dots = (g @ est).astype(np.float64)
+        g = arrays.float32(step.updates)  # (K, P)
+        est = arrays.float32(g_est)  # (P,)
+        norms = np.sqrt(arrays.row_sq_norms(g))  # (K,) float64 on the host, as below
+        denom = norms * _norm(est)  # (K,)
+        dots = arrays.row_dots(g, est)
         cos = np.zeros_like(denom)
         np.divide(dots, denom, out=cos, where=denom > 0)
         cos = np.clip(cos, -1.0, 1.0)
@@ -294,8 +298,7 @@ def stage_two_clip(c2: float = 10.0, t2: int = 1000) -> Rule:
         if step.iteration < t2:
             return step
         g_est = _estimate_of(step)
-        est = np.asarray(g_est, dtype=np.float32)
-        bound = c2 * float(np.sqrt(np.dot(est, est)))
+        bound = c2 * _norm(arrays.float32(g_est))
         return dataclasses.replace(step, updates=clip_by_norm(step.updates, bound), estimate=g_est)
 
     return _stateless(update)

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from rayfl.aggregation import (
+    arrays,
     build_optimizer,
     build_rule_list,
     chain,
@@ -26,6 +27,8 @@ from rayfl.aggregation import (
     normalize_rules,
     start_step,
 )
+from rayfl.aggregation.backend import Placement, to_host_tree
+from rayfl.aggregation.backend import choose as choose_backend
 from rayfl.aggregation.build import checkpointable, entry
 from rayfl.aggregation.recipes import fedavg
 from rayfl.clients.rounds import RoundUpdate
@@ -51,14 +54,24 @@ class RoundAggregator:
         self.plain = is_plain_fedavg(cfg)
         rules = build_rule_list(cfg.aggregation.rules)  # imports user rules in this process
         self.rule = chain(*(r for _, r in rules))
-        self.rule_state = init_rule_state(rules, w)
         self.optimizer = build_optimizer(cfg.aggregation.optimizer)
-        self.optimizer_state = checkpointable("aggregation.optimizer", self.optimizer.init(w))
+        # The rounds server has no GPU (it aggregates once a round): auto is numpy here, torch
+        # runs on its CPU.
+        optimizer = ("aggregation.optimizer", self.optimizer)
+        kind = choose_backend(cfg.aggregation.backend, rules, optimizer, has_gpu=False)
+        self.placement = Placement(kind, "cpu")
+        w_native = self.placement.native(w)
+        self.rule_state = init_rule_state(rules, w_native)
+        self.optimizer_state = checkpointable(
+            "aggregation.optimizer", self.optimizer.init(w_native)
+        )
         self.last_metrics: dict[str, float] = {}  # the last round's agg/* and dp/* metrics
 
     def broadcast(self) -> dict[str, np.ndarray] | None:
         """What the rules send to the clients with w(t) (Rule.broadcast), or None."""
-        return None if self.rule.broadcast is None else dict(self.rule.broadcast(self.rule_state))
+        if self.rule.broadcast is None:
+            return None
+        return dict(to_host_tree(self.rule.broadcast(self.rule_state)))
 
     def aggregate(
         self, t: int, w: np.ndarray, updates: Sequence[RoundUpdate]
@@ -73,9 +86,10 @@ class RoundAggregator:
                 avg += p * u.weights
             return avg.astype(np.float32), {}
         models = np.stack([u.weights for u in updates])
+        native = self.placement.native
         step = start_step(
             t,
-            (w[None, :] - models).astype(np.float32, copy=False),
+            native((w[None, :] - models).astype(np.float32, copy=False)),
             np.zeros(len(updates), dtype=np.int64),
             [u.loss for u in updates],
             self.cfg.aggregation.lr,
@@ -84,13 +98,14 @@ class RoundAggregator:
             reports=stacked_reports([u.report for u in updates]),
             seed=self.cfg.seed,
             num_clients=self.cfg.data.num_clients,
-            local_models=lambda: models,
+            local_models=lambda: native(models),
         )
-        step, rule_state = self.rule.update(step, self.rule_state, w)
-        new, self.optimizer_state = self.optimizer.apply(step, self.optimizer_state, w)
-        new = np.asarray(new)
+        w_native = native(w)
+        step, rule_state = self.rule.update(step, self.rule_state, w_native)
+        made, self.optimizer_state = self.optimizer.apply(step, self.optimizer_state, w_native)
+        new = np.asarray(arrays.to_host(made))
         check_finite(t, new, self.cfg)
-        self.rule_state = self.rule.commit(step, rule_state, new)
+        self.rule_state = self.rule.commit(step, rule_state, made)
         self.last_metrics = {
             k: float(v) for k, v in step.metrics.items() if k.startswith(("agg/", "dp/"))
         }
@@ -102,13 +117,23 @@ class RoundAggregator:
         return {k[3:]: v for k, v in self.last_metrics.items() if k.startswith("dp/")}
 
     def checkpoint(self) -> dict[str, Any]:
-        return {"rule_state": self.rule_state, "optimizer_state": self.optimizer_state}
+        return {
+            "rule_state": to_host_tree(self.rule_state),
+            "optimizer_state": to_host_tree(self.optimizer_state),
+        }
 
     def restore(self, state: dict[str, Any], conform: Any) -> None:
         """Continues from :meth:`checkpoint`'s state (missing in checkpoints of plain FedAvg
         from before rule chains ran in rounds: their states were empty)."""
         if "rule_state" in state:
-            self.rule_state = conform(state["rule_state"], self.rule_state, "aggregation.rules")
-            self.optimizer_state = conform(
-                state["optimizer_state"], self.optimizer_state, "aggregation.optimizer"
+            place = self.placement.native_tree
+            self.rule_state = place(
+                conform(state["rule_state"], to_host_tree(self.rule_state), "aggregation.rules")
+            )
+            self.optimizer_state = place(
+                conform(
+                    state["optimizer_state"],
+                    to_host_tree(self.optimizer_state),
+                    "aggregation.optimizer",
+                )
             )

@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from rayfl.aggregation import Rule, ServerOptimizer, Step, final_direction, start_step
+from rayfl.aggregation import Rule, ServerOptimizer, Step, arrays, final_direction, start_step
+from rayfl.aggregation.backend import Placement
 from rayfl.errors import RayflError
 from rayfl.types import Update
 
@@ -51,10 +52,11 @@ class Aggregate:
     """
 
     step: Step  # the chain's last Step: weights, direction g_t, lr, metrics
-    direction: np.ndarray  # (P,) float32 g_t
-    candidate: np.ndarray  # (P,) float32 w_{t+1} as the server optimizer made it
+    direction: Any  # (P,) float32 g_t, in the chain's backend
+    candidate: np.ndarray  # (P,) float32 w_{t+1} as the server optimizer made it, on the host
     rule_state: Any  # the chain's state after its update
     optimizer_state: Any  # the optimizer's state if the candidate is kept
+    candidate_native: Any = None  # the candidate in the chain's backend (the same on numpy)
 
 
 def aggregate(
@@ -64,18 +66,24 @@ def aggregate(
     optimizer_state: Any,
     t: int,
     updates: Sequence[Update],
-    w: np.ndarray,
+    w: Any,
     lr: float,
+    placement: Placement | None = None,
     **context: Any,
 ) -> Aggregate:
     """Runs the rule chain and the server optimizer on the K_t valid ``updates`` of iteration t;
+    ``w`` is w_t in the chain's backend, ``placement`` moves the updates there (None: numpy);
     ``context`` sets more Step fields (``seed``, ``num_clients``, ``local_models``)."""
+    place = placement or Placement("numpy")
     reports = stacked_reports([u.report for u in updates])
     if reports:
         context["reports"] = reports
+    if place.kind != "numpy" and context.get("local_models") is not None:
+        host_models = context["local_models"]
+        context["local_models"] = lambda: place.native(host_models())
     step = start_step(
         t,
-        np.stack([u.vector for u in updates]),
+        place.native(np.stack([u.vector for u in updates])),
         [t - u.version for u in updates],
         [u.loss for u in updates],
         lr,
@@ -85,14 +93,15 @@ def aggregate(
     )
     step, rule_state = rule.update(step, rule_state, w)
     direction = final_direction(step)
-    candidate, optimizer_state = optimizer.apply(step, optimizer_state, w)
-    candidate = np.asarray(candidate)
-    if candidate.shape != w.shape or candidate.dtype != np.float32:
+    native, optimizer_state = optimizer.apply(step, optimizer_state, w)
+    candidate = np.asarray(arrays.to_host(native))  # one (P,) copy off the device on torch
+    if candidate.shape != tuple(w.shape) or candidate.dtype != np.float32:
         raise RayflError(
             f"aggregation.optimizer made a model of shape {candidate.shape} and dtype "
             f"{candidate.dtype}: it must return (P,) float32 like the params it was given"
         )
-    return Aggregate(step, direction, candidate, rule_state, optimizer_state)
+    native = candidate if place.kind == "numpy" else native
+    return Aggregate(step, direction, candidate, rule_state, optimizer_state, native)
 
 
 def stacked_reports(reports: Sequence[dict[str, np.ndarray] | None]) -> dict[str, np.ndarray]:

@@ -139,6 +139,7 @@ class KAsyncEngine:
             "wasted_jobs": info["wasted_jobs"],
             "jobs_lost": info["jobs_lost"],
             "worker_environments": by_worker(info["workers"]),
+            "aggregation_backend": info["aggregation_backend"],
         }
 
     def postfix(self, last: dict[str, Any], last_eval: dict[str, Any] | None) -> dict[str, Any]:

@@ -25,6 +25,8 @@ import torch
 
 from rayfl import threads
 from rayfl.aggregation import build_optimizer, build_rule_list, chain, init_rule_state
+from rayfl.aggregation.backend import Placement, to_host_tree
+from rayfl.aggregation.backend import choose as choose_backend
 from rayfl.aggregation.build import checkpointable
 from rayfl.aggregation.control import Decision, Feedback, build_controls, decide
 from rayfl.clients.state import ClientStates
@@ -72,9 +74,19 @@ class KAsyncServer:
         self._build_model()
         rules = build_rule_list(cfg.aggregation.rules)  # imports user rules in this process
         self.rule = chain(*(r for _, r in rules))
-        self.rule_state = init_rule_state(rules, self.w)
         self.optimizer = build_optimizer(cfg.aggregation.optimizer)
-        self.optimizer_state = checkpointable("aggregation.optimizer", self.optimizer.init(self.w))
+        kind = choose_backend(
+            cfg.aggregation.backend,
+            rules,
+            ("aggregation.optimizer", self.optimizer),
+            self.device.type == "cuda",
+        )
+        self.placement = Placement(kind, self.device)
+        self.w_native = self.placement.native(self.w)  # w_t in the chain's backend
+        self.rule_state = init_rule_state(rules, self.w_native)
+        self.optimizer_state = checkpointable(
+            "aggregation.optimizer", self.optimizer.init(self.w_native)
+        )
         self.controls = build_controls(cfg.aggregation.control)
         self.control_state = [c.init(self.k) for _, c in self.controls]
         self._by_version: list[tuple[int, int, float]] = []  # (version, client, finish) heap
@@ -189,8 +201,8 @@ class KAsyncServer:
             "t": self.t,
             "k": self.k,
             "w": self.w,
-            "rule_state": self.rule_state,
-            "optimizer_state": self.optimizer_state,
+            "rule_state": to_host_tree(self.rule_state),  # numpy on either backend
+            "optimizer_state": to_host_tree(self.optimizer_state),
             "control_state": self.control_state,
             "client_states": self.client_states.checkpoint(),
             "counters": {
@@ -225,12 +237,19 @@ class KAsyncServer:
             )
         self.t, self.k = state["t"], state["k"]
         self.w = state["w"]
-        self.rule_state = _conform(state["rule_state"], self.rule_state, "aggregation.rules")
+        self.w_native = self.placement.native(self.w)
+        place = self.placement.native_tree
+        template = to_host_tree(self.rule_state)
+        self.rule_state = place(_conform(state["rule_state"], template, "aggregation.rules"))
         self.control_state = _conform(
             state["control_state"], self.control_state, "aggregation.control"
         )
-        self.optimizer_state = _conform(
-            state["optimizer_state"], self.optimizer_state, "aggregation.optimizer"
+        self.optimizer_state = place(
+            _conform(
+                state["optimizer_state"],
+                to_host_tree(self.optimizer_state),
+                "aggregation.optimizer",
+            )
         )
         task = self.evaluator.task
         self.client_states.restore(state["client_states"], lambda i: task.init_state(i, self.w))
@@ -341,8 +360,9 @@ class KAsyncServer:
             self.optimizer_state,
             t,
             updates,
-            self.w,
+            self.w_native,
             self.cfg.aggregation.lr,
+            self.placement,
             seed=self.cfg.seed,
             num_clients=self.cfg.data.num_clients,
             local_models=self._local_models(updates),
@@ -370,8 +390,8 @@ class KAsyncServer:
         if keep_previous:
             self.maintained += 1  # judgement: w_{t+1} = w_t
             return
-        self.w = agg.candidate
-        self.rule_state = self.rule.commit(agg.step, agg.rule_state, self.w)
+        self.w, self.w_native = agg.candidate, agg.candidate_native
+        self.rule_state = self.rule.commit(agg.step, agg.rule_state, self.w_native)
         self.optimizer_state = agg.optimizer_state
 
     def _collect(self) -> tuple[list[Update], dict[str, int], float]:
@@ -480,7 +500,9 @@ class KAsyncServer:
 
     def _broadcast(self) -> dict[str, Any] | None:
         """What the rules send to the clients with the current model (Rule.broadcast)."""
-        return None if self.rule.broadcast is None else self.rule.broadcast(self.rule_state)
+        if self.rule.broadcast is None:
+            return None
+        return to_host_tree(self.rule.broadcast(self.rule_state))  # the object store holds numpy
 
     def _local_models(self, updates: list[Update]) -> Any:
         """Step.local_models: w_{v_i} - client.local_lr * u_i, each update's local model, made
@@ -530,6 +552,7 @@ class KAsyncServer:
             - len(self.queue.current),
             "versions_held": len(self.versions),
             "device": str(self.device),
+            "aggregation_backend": repr(self.placement),
         }
 
 
