@@ -72,21 +72,7 @@ class KAsyncServer:
         self.data = data
         cfg = self.cfg
         self._build_model()
-        rules = build_rule_list(cfg.aggregation.rules)  # imports user rules in this process
-        self.rule = chain(*(r for _, r in rules))
-        self.optimizer = build_optimizer(cfg.aggregation.optimizer)
-        kind = choose_backend(
-            cfg.aggregation.backend,
-            rules,
-            ("aggregation.optimizer", self.optimizer),
-            self.device.type == "cuda",
-        )
-        self.placement = Placement(kind, self.device)
-        self.w_native = self.placement.native(self.w)  # w_t in the chain's backend
-        self.rule_state = init_rule_state(rules, self.w_native)
-        self.optimizer_state = checkpointable(
-            "aggregation.optimizer", self.optimizer.init(self.w_native)
-        )
+        self._build_chain()
         self.controls = build_controls(cfg.aggregation.control)
         self.control_state = [c.init(self.k) for _, c in self.controls]
         self._by_version: list[tuple[int, int, float]] = []  # (version, client, finish) heap
@@ -142,6 +128,26 @@ class KAsyncServer:
         self.w = get_flat(self.model)  # (P,) float32
         self.t = 0
         self.k = cfg.aggregation.k
+
+    def _build_chain(self) -> None:
+        """The rule chain and the server optimizer, their states, and the backend they run on
+        (aggregation.backend: numpy, or torch on the server's GPU)."""
+        cfg = self.cfg
+        rules = build_rule_list(cfg.aggregation.rules)  # imports user rules in this process
+        self.rule = chain(*(r for _, r in rules))
+        self.optimizer = build_optimizer(cfg.aggregation.optimizer)
+        kind = choose_backend(
+            cfg.aggregation.backend,
+            rules,
+            ("aggregation.optimizer", self.optimizer),
+            self.device.type == "cuda",
+        )
+        self.placement = Placement(kind, self.device)
+        self.w_native = self.placement.native(self.w)  # w_t in the chain's backend
+        self.rule_state = init_rule_state(rules, self.w_native)
+        self.optimizer_state = checkpointable(
+            "aggregation.optimizer", self.optimizer.init(self.w_native)
+        )
 
     def _make_queue(self) -> VirtualQueue | RealQueue:
         """The clock's job queue, with the speed model of the clients."""
